@@ -1,0 +1,267 @@
+"""Recipe loading: one YAML file plus ``--key value`` overrides into the stage's dataclasses.
+
+A stage declares a list of dataclasses (llmkit's own arguments, TRL's ``ModelConfig``, a
+``TrainingArguments``/TRL config).  Their field names together are the stage's keys, so every
+key a user knows from TRL or transformers is spelled the same here.  Unknown keys are rejected
+with the closest valid names; values are checked against the field's type before any library
+sees them, so a typo costs seconds, not GPU hours.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import hashlib
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class LlmkitError(Exception):
+    """A problem with the user's input: printed as one message, exit code 2, no traceback."""
+
+
+# Keys that only steer llmkit itself and never reach a library config.
+RUN_KEYS = ("overwrite",)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, turning every failure into a one-line LlmkitError."""
+    path = Path(path)
+    if not path.is_file():
+        raise LlmkitError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise LlmkitError(f"{path}: YAML syntax error{where}: {problem}") from None
+    except UnicodeDecodeError:
+        raise LlmkitError(f"{path}: not valid UTF-8 text") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise LlmkitError(f"{path}: expected a mapping of key: value at the top level, got {type(data).__name__}")
+    return data
+
+
+def parse_overrides(argv: list[str]) -> dict[str, Any]:
+    """``["--lr", "1e-4", "--use_peft", "--x=3"]`` -> ``{"lr": "1e-4", "use_peft": "true", "x": "3"}``.
+
+    Values stay strings here; they are typed against the dataclass fields in ``_coerce``.
+    """
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        if not tok.startswith("--") or tok == "--":
+            raise LlmkitError(f"unexpected argument {tok!r}: overrides are written --key value")
+        key = tok[2:].replace("-", "_")
+        if "=" in key:
+            key, value = key.split("=", 1)
+            i += 1
+        elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            value = argv[i + 1]
+            i += 2
+        else:
+            value = "true"  # a bare flag
+            i += 1
+        out[key] = value
+    return out
+
+
+def _field_types(tp: Any) -> tuple[set[type], list[Any]]:
+    """Flatten Optional/Union annotations into a set of plain types (and Literal choices)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        plain: set[type] = set()
+        literals: list[Any] = []
+        for arg in typing.get_args(tp):
+            p, lits = _field_types(arg)
+            plain |= p
+            literals += lits
+        return plain, literals
+    if origin is typing.Literal:
+        return set(), list(typing.get_args(tp))
+    if origin is not None:
+        return {origin}, []
+    if isinstance(tp, type):
+        return {tp}, []
+    return {object}, []
+
+
+def _coerce(key: str, value: Any, field: dataclasses.Field, from_cli: bool, source: str) -> Any:
+    plain, literals = _field_types(field.type)
+    if from_cli and isinstance(value, str):
+        if str in plain and not (plain & {int, float, bool, list, dict}):
+            return None if value.lower() in ("none", "null") and type(None) in plain else value
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            parsed = value
+        value = value if (parsed is None and type(None) not in plain) else parsed
+    if value is None:
+        if type(None) in plain or field.default is None:
+            return None
+        raise LlmkitError(f"{source}: '{key}' cannot be empty")
+    if bool in plain and isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
+        return value.lower() in ("true", "yes")
+    if float in plain and isinstance(value, (str, int)) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except ValueError:
+            if str not in plain:
+                raise LlmkitError(f"{source}: '{key}' must be a number, got {value!r}") from None
+    if int in plain and float not in plain and not isinstance(value, bool):
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                if str not in plain:
+                    raise LlmkitError(f"{source}: '{key}' must be an integer, got {value!r}") from None
+    if bool in plain and not (plain - {bool, type(None)}) and not isinstance(value, bool):
+        raise LlmkitError(f"{source}: '{key}' must be true or false, got {value!r}")
+    if literals and value not in literals:
+        raise LlmkitError(f"{source}: '{key}' must be one of {literals}, got {value!r}")
+    if list in plain and isinstance(value, str) and not (plain & {str}):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if str in plain and isinstance(value, (int, float)) and not (plain & {int, float}):
+        return str(value)
+    return value
+
+
+@dataclasses.dataclass
+class StageConfig:
+    """The typed result of loading a stage config."""
+
+    args: list[Any]  # one instance per dataclass, in the stage's order
+    explicit: dict[str, Any]  # the keys the user set (YAML then CLI), typed
+    source: str  # where the config came from, for messages
+
+    def get(self, cls: type) -> Any:
+        for a in self.args:
+            if isinstance(a, cls):
+                return a
+        raise KeyError(cls)
+
+    def hash(self) -> str:
+        """Identity of a run's config: what the pipeline compares to decide a stage is done."""
+        blob = json.dumps(to_plain(self.explicit), sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def resolved(self) -> dict[str, Any]:
+        """Every key with its final value, for config_resolved.yaml."""
+        out: dict[str, Any] = {}
+        for a in self.args:
+            d = a.to_dict() if hasattr(a, "to_dict") else dataclasses.asdict(a)
+            for k, v in d.items():
+                if not k.startswith("_"):
+                    out.setdefault(k, to_plain(v))
+        return out
+
+
+def to_plain(value: Any) -> Any:
+    """Make a value YAML/JSON friendly (enums, paths, tuples, nested)."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [to_plain(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def stage_fields(classes: list[type]) -> dict[str, tuple[type, dataclasses.Field]]:
+    """key -> (owning dataclass, field); the first class that declares a key owns it."""
+    out: dict[str, tuple[type, dataclasses.Field]] = {}
+    for cls in classes:
+        for f in dataclasses.fields(cls):
+            if f.init and not f.name.startswith("_"):
+                out.setdefault(f.name, (cls, f))
+    return out
+
+
+def unknown_key_message(key: str, valid: list[str], source: str) -> str:
+    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    return f"{source}: unknown key '{key}'.{hint} (`llmkit <stage> --help` lists every key)"
+
+
+def load_stage_config(
+    classes: list[type],
+    config_path: str | None,
+    overrides: list[str] | dict[str, Any] | None = None,
+    defaults: Any = None,
+) -> StageConfig:
+    """Merge YAML (``config_path``) and overrides into instances of ``classes``.
+
+    ``defaults`` are llmkit's stage defaults (a dict, or a function of the explicit keys that
+    returns one): applied only to keys the user did not set.  A key
+    declared by several classes (``seed``, ``output_dir``...) is given to each of them.
+    """
+    fields = stage_fields(classes)
+    valid = sorted(fields)
+    source = str(config_path) if config_path else "command line"
+    explicit: dict[str, Any] = {}
+    layers: list[tuple[dict[str, Any], bool, str]] = []
+    if config_path:
+        layers.append((read_yaml(config_path), False, str(config_path)))
+    if overrides:
+        ov = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
+        layers.append((ov, isinstance(overrides, list), "command line"))
+    for data, from_cli, src in layers:
+        for key, value in data.items():
+            if not isinstance(key, str) or key not in fields:
+                raise LlmkitError(unknown_key_message(str(key), valid, src))
+            explicit[key] = _coerce(key, value, fields[key][1], from_cli, src)
+    values = dict((defaults(explicit) if callable(defaults) else defaults) or {})
+    values.update(explicit)
+    args = []
+    for cls in classes:
+        names = {f.name for f in dataclasses.fields(cls) if f.init}
+        kwargs = {k: v for k, v in values.items() if k in names}
+        try:
+            args.append(cls(**kwargs))
+        except (ValueError, TypeError) as exc:
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise LlmkitError(f"{source}: invalid configuration: {msg}") from None
+    return StageConfig(args=args, explicit=explicit, source=source)
+
+
+def format_help(stage: str, classes: list[type], doc: str) -> str:
+    """Every key with its default and help text, grouped by the dataclass that owns it."""
+    lines = [f"usage: llmkit {stage} --config FILE.yaml [--overwrite] [--key value ...]", "", doc.strip(), ""]
+    seen: set[str] = set()
+    for cls in classes:
+        rows = []
+        for f in dataclasses.fields(cls):
+            if not f.init or f.name.startswith("_") or f.name in seen:
+                continue
+            seen.add(f.name)
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+                default = f.default_factory()  # type: ignore[misc]
+            else:
+                default = "(required)"
+            text = " ".join(str(f.metadata.get("help", "")).split())
+            if len(text) > 160:
+                text = text[:157] + "..."
+            rows.append(f"  --{f.name} (default: {to_plain(default)!r})\n      {text}" if text else f"  --{f.name} (default: {to_plain(default)!r})")
+        if rows:
+            lines.append(f"{cls.__module__.split('.')[0]}.{cls.__name__}:")
+            lines.extend(rows)
+            lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,213 @@
+"""Tokenizers, models and adapters: loading from run directories, local paths or the hub,
+building small models from a config, 4-bit quantization and LoRA (via TRL's helpers over PEFT).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from llmkit.config import LlmkitError
+from llmkit.runs import require_run
+
+# ChatML-style template whose assistant turns are wrapped in {% generation %} markers, so TRL's
+# assistant_only_loss can mask everything else.  Used by the tokenizer stage.
+CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{%- if message['role'] == 'assistant' %}"
+    "{{- '<|im_start|>assistant\\n' }}{% generation %}{{- message['content'] + '<|im_end|>' }}{% endgeneration %}{{- '\\n' }}"
+    "{%- else %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>"]
+
+# model_type -> the config keys a recipe may set (the rest keep transformers' defaults)
+ARCHITECTURES = ("llama", "qwen2", "qwen3", "mistral", "gemma", "gpt2")
+
+
+def has_generation_markers(template: str | None) -> bool:
+    return bool(template) and "{% generation %}" in template.replace("{%- generation %}", "{% generation %}")
+
+
+def load_tokenizer(path: str, what: str = "tokenizer", trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    require_run(path, what)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise LlmkitError(f"cannot load {what} from {path}: {_first_line(exc)}") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def is_adapter_dir(path: str) -> bool:
+    return (Path(path) / "adapter_config.json").is_file()
+
+
+def adapter_base(path: str) -> str:
+    cfg = json.loads((Path(path) / "adapter_config.json").read_text())
+    base = cfg.get("base_model_name_or_path")
+    if not base:
+        raise LlmkitError(f"{path} is a LoRA adapter without 'base_model_name_or_path'; merge it or give the base model")
+    return base
+
+
+def check_model_source(path: str | None, what: str = "model") -> None:
+    """Fail early for missing paths, unfinished runs and adapters whose base is gone."""
+    if not path:
+        raise LlmkitError(f"no {what} given: set model_name_or_path (a run directory, local path or hub id)")
+    require_run(path, what)
+    if Path(path).is_dir():
+        if is_adapter_dir(path):
+            base = adapter_base(path)
+            if not Path(base).exists() and require_run(base, f"base model of adapter {path}") is None and _offline():
+                raise LlmkitError(f"{path} is an adapter whose base {base!r} is not available offline")
+        elif not (Path(path) / "config.json").is_file():
+            raise LlmkitError(f"{what} {path} has no config.json: not a transformers model directory")
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+
+
+def new_model_config(model_config: dict[str, Any], tokenizer):
+    """A transformers config for a from-scratch model; ``model_type`` picks the architecture."""
+    from transformers import AutoConfig
+
+    spec = dict(model_config)
+    model_type = spec.pop("model_type", "llama")
+    if model_type not in ARCHITECTURES:
+        raise LlmkitError(f"model_config.model_type {model_type!r} not supported; choose one of {list(ARCHITECTURES)}")
+    spec.setdefault("vocab_size", len(tokenizer))
+    for key, tok_attr in (("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"), ("pad_token_id", "pad_token_id")):
+        if getattr(tokenizer, tok_attr, None) is not None:
+            spec.setdefault(key, getattr(tokenizer, tok_attr))
+    for k, v in spec.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v <= 0 and k.endswith(("size", "layers", "heads")):
+            raise LlmkitError(f"model_config.{k} must be positive, got {v}")
+    try:
+        cfg = AutoConfig.for_model(model_type, **spec)
+    except (ValueError, TypeError) as exc:
+        raise LlmkitError(f"invalid model_config: {_first_line(exc)}") from None
+    if spec["vocab_size"] < len(tokenizer):
+        raise LlmkitError(f"model_config.vocab_size {spec['vocab_size']} is smaller than the tokenizer's {len(tokenizer)} tokens")
+    return cfg
+
+
+def model_init_kwargs(model_args, trust_remote_code: bool = False) -> dict[str, Any]:
+    """from_pretrained kwargs from TRL's ModelConfig: dtype, attention, 4/8-bit quantization."""
+    import torch
+    from trl import get_quantization_config
+
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if model_args.attn_implementation:
+        kwargs["attn_implementation"] = model_args.attn_implementation
+    dtype = model_args.dtype
+    if dtype not in (None, "auto"):
+        kwargs["dtype"] = getattr(torch, dtype)
+    elif dtype == "auto":
+        kwargs["dtype"] = "auto"
+    if model_args.load_in_4bit or model_args.load_in_8bit:
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise LlmkitError("load_in_4bit/load_in_8bit need bitsandbytes: pip install bitsandbytes") from None
+        kwargs["quantization_config"] = get_quantization_config(model_args)
+        kwargs["device_map"] = kbit_device_map()
+        if "dtype" not in kwargs or kwargs["dtype"] == "auto":
+            kwargs["dtype"] = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return kwargs
+
+
+def kbit_device_map() -> dict[str, Any]:
+    """Quantized weights must sit on this process's device from the start."""
+    import torch
+
+    if torch.cuda.is_available():
+        from accelerate import PartialState
+
+        return {"": PartialState().local_process_index}
+    return {"": "cpu"}
+
+
+def load_causal_lm(model_args, trust_remote_code: bool = False, trainable_adapter: bool = True):
+    """Load a causal LM (or base + adapter when the path is a LoRA run)."""
+    from transformers import AutoModelForCausalLM
+
+    path = model_args.model_name_or_path
+    check_model_source(path)
+    kwargs = model_init_kwargs(model_args, trust_remote_code)
+    try:
+        if is_adapter_dir(path):
+            from peft import PeftModel
+
+            base = AutoModelForCausalLM.from_pretrained(adapter_base(path), **kwargs)
+            return PeftModel.from_pretrained(base, path, is_trainable=trainable_adapter)
+        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise LlmkitError(f"cannot load model {path}: {_first_line(exc)}") from None
+
+
+def peft_config(model_args):
+    """LoraConfig from TRL's ModelConfig keys (use_peft, lora_r, lora_alpha, ...), or None."""
+    from trl import get_peft_config
+
+    if not model_args.use_peft:
+        return None
+    if model_args.lora_r is None or model_args.lora_r <= 0:
+        raise LlmkitError(f"lora_r must be a positive integer, got {model_args.lora_r}")
+    if model_args.lora_alpha is not None and model_args.lora_alpha <= 0:
+        raise LlmkitError(f"lora_alpha must be positive, got {model_args.lora_alpha}")
+    if not 0 <= model_args.lora_dropout < 1:
+        raise LlmkitError(f"lora_dropout must be in [0, 1), got {model_args.lora_dropout}")
+    return get_peft_config(model_args)
+
+
+def _first_line(exc: BaseException) -> str:
+    s = str(exc).strip()
+    return s.splitlines()[0] if s else type(exc).__name__
+
+
+def merge_adapter_run(adapter: str, output_dir: str, dtype: str = "bfloat16", overwrite: bool = False) -> Path:
+    """`llmkit merge`: fold a LoRA run into its base weights and save a standalone model run."""
+    import time
+    from dataclasses import dataclass
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from llmkit import runs
+    from llmkit.config import StageConfig
+
+    @dataclass
+    class MergeArgs:
+        adapter: str
+        output_dir: str
+        dtype: str
+
+    started = time.time()
+    require_run(adapter, "adapter run")
+    if not Path(adapter).is_dir() or not is_adapter_dir(adapter):
+        raise LlmkitError(f"{adapter} is not a LoRA adapter run (no adapter_config.json)")
+    base = adapter_base(adapter)
+    check_model_source(base, f"base model of {adapter}")
+    runs.check_output_dir(output_dir, overwrite)
+    cfg = StageConfig(args=[MergeArgs(adapter, output_dir, dtype)], explicit={"adapter": adapter, "output_dir": output_dir, "dtype": dtype}, source="llmkit merge")
+    staging = runs.open_staging(output_dir, cfg, "merge", overwrite)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype))
+    merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    merged.save_pretrained(staging)
+    tok_src = adapter if (Path(adapter) / "tokenizer_config.json").exists() else base
+    load_tokenizer(tok_src).save_pretrained(staging)
+    manifest = runs.build_manifest("merge", cfg, started, {"adapter": adapter, "base": base}, {"dtype": dtype})
+    out = runs.finalize(staging, output_dir, manifest)
+    print(f"llmkit merge: {adapter} + {base} -> {out} ({dtype})")
+    return out

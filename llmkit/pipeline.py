@@ -1,0 +1,146 @@
+"""`llmkit run RECIPE`: run the stages a recipe's pipeline.yaml lists, in order.
+
+pipeline.yaml::
+
+    name: tiny-es
+    description: ...
+    stages:
+      - tokenizer                              # runs tokenizer.yaml with `llmkit tokenizer`
+      - {name: sft, stage: sft, config: sft.yaml}
+
+Every stage config is checked before the first stage starts.  A stage whose output directory
+holds a finished run made with the same config is skipped; an unfinished one resumes from its
+last checkpoint; once a stage has run, every later stage runs again (its input changed).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from llmkit import runs
+from llmkit.config import LlmkitError, read_yaml
+
+
+def read_pipeline(recipe: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    recipe = Path(recipe)
+    if not recipe.is_dir():
+        raise LlmkitError(f"recipe directory not found: {recipe}")
+    pfile = recipe / "pipeline.yaml"
+    spec = read_yaml(pfile)
+    bad = set(spec) - {"name", "description", "stages"}
+    if bad:
+        raise LlmkitError(f"{pfile}: unknown keys {sorted(bad)}; valid: name, description, stages")
+    stages = spec.get("stages")
+    if not isinstance(stages, list) or not stages:
+        raise LlmkitError(f"{pfile}: 'stages' must be a non-empty list")
+    from llmkit.cli import STAGES
+
+    out = []
+    for i, s in enumerate(stages):
+        if isinstance(s, str):
+            s = {"name": s, "stage": s}
+        if not isinstance(s, dict):
+            raise LlmkitError(f"{pfile}: stage {i} must be a name or a mapping")
+        extra = set(s) - {"name", "stage", "config"}
+        if extra:
+            raise LlmkitError(f"{pfile}: stage {i}: unknown keys {sorted(extra)}; valid: name, stage, config")
+        stage = s.get("stage") or s.get("name")
+        if stage not in STAGES:
+            raise LlmkitError(f"{pfile}: stage {i}: unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+        name = s.get("name") or stage
+        config = recipe / s.get("config", f"{name}.yaml")
+        out.append({"name": name, "stage": stage, "config": config})
+    names = [s["name"] for s in out]
+    if len(set(names)) != len(names):
+        raise LlmkitError(f"{pfile}: stage names must be unique, got {names}")
+    return spec, out
+
+
+def _output_dir(cfg) -> str:
+    for a in cfg.args:
+        if getattr(a, "output_dir", None):
+            return a.output_dir
+    raise LlmkitError(f"{cfg.source}: output_dir is required")
+
+
+def run_recipe(recipe: str | Path, force: bool = False, from_stage: str | None = None) -> list[dict[str, Any]]:
+    from llmkit.cli import load_config_for
+
+    spec, stages = read_pipeline(recipe)
+    if from_stage and from_stage not in [s["name"] for s in stages]:
+        raise LlmkitError(f"--from {from_stage}: no such stage in {recipe}; stages: {', '.join(s['name'] for s in stages)}")
+    loaded = [(s, *load_config_for(s["stage"], str(s["config"]), None)) for s in stages]  # fail fast on any config
+    summary = []
+    redo = force
+    for s, mod, cfg in loaded:
+        redo = redo or s["name"] == from_stage
+        out = _output_dir(cfg)
+        manifest = runs.read_manifest(out)
+        if manifest and not redo:
+            if manifest.get("config_hash") != cfg.hash():
+                raise LlmkitError(
+                    f"stage {s['name']}: {out} was made with a different config than {s['config']}. "
+                    f"Run `llmkit run {recipe} --from {s['name']}` to redo it and what follows."
+                )
+            print(f"llmkit run: {s['name']}: finished run found in {out}, skipping", flush=True)
+            summary.append(_row(s, "skipped", manifest, out))
+            continue
+        print(f"\n===== llmkit run: {s['name']} ({s['stage']}, {s['config']}) =====", flush=True)
+        t0 = time.time()
+        mod.main(cfg, overwrite=manifest is not None)
+        redo = True  # every later stage consumes this one's output
+        summary.append(_row(s, f"ran in {time.time() - t0:.0f}s", runs.read_manifest(out), out))
+    if runs.is_main_process():
+        print_summary(spec.get("name", str(recipe)), summary)
+    return summary
+
+
+def _row(s: dict[str, Any], status: str, manifest: dict[str, Any] | None, out: str) -> dict[str, Any]:
+    m = manifest or {}
+    return {"stage": s["name"], "status": status, "wall_time_s": m.get("wall_time_s"), "steps": m.get("steps"), "metrics": m.get("metrics", {}), "output_dir": out}
+
+
+SHOWN_METRICS = ("fertility", "roundtrip_rate", "eval_ppl_before", "eval_ppl", "eval_loss_before", "eval_loss", "train_loss", "sample_exact_match")
+
+
+def print_summary(title: str, rows: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"llmkit run: {title}")
+    for col in ("stage", "status", "steps", "key metrics", "output"):
+        table.add_column(col)
+    for r in rows:
+        shown = [f"{k}={r['metrics'][k]:.3f}" for k in SHOWN_METRICS if isinstance(r["metrics"].get(k), (int, float))]
+        table.add_row(r["stage"], r["status"], str(r["steps"] or "-"), ", ".join(shown), r["output_dir"])
+    Console(width=160).print(table)
+
+
+def list_recipes(recipes_dir: str | Path = "recipes") -> None:
+    root = Path(recipes_dir)
+    if not root.is_dir():
+        raise LlmkitError(f"recipes directory not found: {root}")
+    found = False
+    for d in sorted(p for p in root.iterdir() if (p / "pipeline.yaml").is_file()):
+        found = True
+        spec, stages = read_pipeline(d)
+        print(f"{d.name}: {spec.get('description', '').strip()}")
+        for s in stages:
+            state = "-"
+            try:
+                cfg = read_yaml(s["config"])
+                out = cfg.get("output_dir")
+                if out and runs.read_manifest(out):
+                    state = f"done ({out})"
+                elif out and runs.staging_path(out).exists():
+                    state = f"unfinished ({runs.staging_path(out)})"
+            except LlmkitError:
+                state = "config unreadable"
+            print(f"  {s['name']:<14} {s['stage']:<10} {s['config']}  {state}")
+    others = sorted(p.name for p in root.iterdir() if p.is_dir() and not (p / "pipeline.yaml").is_file())
+    if others:
+        print("other recipe folders: " + ", ".join(others))
+    if not found:
+        print(f"no recipes with a pipeline.yaml under {root}")

@@ -1,0 +1,318 @@
+"""Run directories: staging, manifests, metric logs and plots.
+
+Every stage writes into ``<output_dir>.partial/`` while it works (checkpoints included) and
+only at the very end writes ``manifest.json`` and renames the staging directory to
+``<output_dir>``.  So a directory named like a run is always a finished run; a crash leaves a
+``.partial`` directory that later stages refuse and that a re-run of the same config resumes.
+A finished run is replaced only with ``--overwrite``; a directory that is not an llmkit run is
+never written into.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from llmkit.config import LlmkitError, StageConfig, to_plain
+
+MANIFEST = "manifest.json"
+STAGING_MARK = "llmkit_partial.json"
+LIBS = ("llmkit", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "tokenizers", "bitsandbytes")
+
+
+def is_main_process() -> bool:
+    try:
+        from accelerate import PartialState
+
+        return PartialState().is_main_process
+    except Exception:  # accelerate not initialised: a plain single process
+        return int(os.environ.get("RANK", "0")) == 0
+
+
+def wait_for_everyone() -> None:
+    try:
+        from accelerate import PartialState
+
+        PartialState().wait_for_everyone()
+    except Exception:
+        pass
+
+
+def read_manifest(path: str | Path) -> dict[str, Any] | None:
+    f = Path(path) / MANIFEST
+    if not f.is_file():
+        return None
+    try:
+        data = json.loads(f.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) and data.get("status") == "complete" else None
+
+
+def staging_path(output_dir: str | Path) -> Path:
+    p = Path(output_dir)
+    return p.with_name(p.name + ".partial")
+
+
+def check_output_dir(output_dir: str | Path, overwrite: bool) -> None:
+    """Refuse, before any work, to write where a finished run or foreign files live."""
+    out = Path(output_dir)
+    if out.exists():
+        if not out.is_dir():
+            raise LlmkitError(f"output_dir {out} exists and is a file; choose another output_dir")
+        manifest = read_manifest(out)
+        if manifest is not None:
+            if not overwrite:
+                raise LlmkitError(
+                    f"output_dir {out} already holds a finished '{manifest.get('stage')}' run "
+                    f"(finished {manifest.get('finished_at', '?')}). Pass --overwrite to replace it, "
+                    "or choose another output_dir."
+                )
+        elif any(out.iterdir()):
+            raise LlmkitError(
+                f"output_dir {out} is not empty and is not an llmkit run; llmkit will not write into it. "
+                "Choose another output_dir or empty it yourself."
+            )
+
+
+def open_staging(output_dir: str | Path, cfg: StageConfig, stage: str, overwrite: bool) -> Path:
+    """Create (or reuse, to resume) the staging directory of a run; returns its path."""
+    check_output_dir(output_dir, overwrite)
+    staging = staging_path(output_dir)
+    if is_main_process():
+        mark = staging / STAGING_MARK
+        if staging.exists():
+            old = _read_json(mark)
+            if old is None or old.get("config_hash") != cfg.hash() or old.get("stage") != stage:
+                if not overwrite:
+                    raise LlmkitError(
+                        f"{staging} holds an unfinished run with a different config. Pass --overwrite to "
+                        "discard it, or run again with the config it was started with to resume it."
+                    )
+                shutil.rmtree(staging)
+        staging.mkdir(parents=True, exist_ok=True)
+        if not mark.exists():
+            _write_json(mark, {"stage": stage, "config_hash": cfg.hash(), "started_at": now()})
+        write_configs(staging, cfg)
+    wait_for_everyone()
+    return staging
+
+
+def write_configs(directory: Path, cfg: StageConfig) -> None:
+    import yaml
+
+    (directory / "config.yaml").write_text(yaml.safe_dump(to_plain(cfg.explicit), sort_keys=False, allow_unicode=True))
+    (directory / "config_resolved.yaml").write_text(
+        yaml.safe_dump(cfg.resolved(), sort_keys=True, allow_unicode=True, default_flow_style=False)
+    )
+
+
+def finalize(staging: Path, output_dir: str | Path, manifest: dict[str, Any]) -> Path:
+    """Write the manifest last, then atomically move the staging dir into place."""
+    out = Path(output_dir)
+    if is_main_process():
+        (staging / STAGING_MARK).unlink(missing_ok=True)
+        _write_json(staging / MANIFEST, manifest)
+        old = None
+        if out.exists():  # --overwrite of a finished run: keep it until the new one is in place
+            old = out.with_name(f"{out.name}.old-{int(time.time())}")
+            out.rename(old)
+        staging.rename(out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    wait_for_everyone()
+    return out
+
+
+def build_manifest(
+    stage: str,
+    cfg: StageConfig,
+    started: float,
+    inputs: dict[str, Any],
+    metrics: dict[str, Any],
+    steps: int | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    return {
+        "stage": stage,
+        "status": "complete",
+        "config_hash": cfg.hash(),
+        "finished_at": now(),
+        "wall_time_s": round(time.time() - started, 2),
+        "steps": steps,
+        "inputs": to_plain(inputs),
+        "metrics": to_plain(metrics),
+        "versions": versions(),
+        "git_revision": git_revision(),
+        "host": {"python": platform.python_version(), "platform": platform.platform(), "device": device_name()},
+        **(extra or {}),
+    }
+
+
+def require_run(path: str | Path, what: str) -> dict[str, Any] | None:
+    """Check a path used as a stage input. Returns the manifest for llmkit runs, None for
+    plain HF directories and hub ids. Unfinished runs are refused."""
+    p = Path(path)
+    staging = staging_path(p)
+    if not p.exists():
+        if staging.exists():
+            raise LlmkitError(
+                f"{what} {p} did not finish (only {staging} exists). Run that stage again to resume it."
+            )
+        if _looks_like_local_path(str(path)):
+            raise LlmkitError(f"{what} not found: {p}")
+        return None  # a hub id; the library will resolve it
+    if not p.is_dir():
+        raise LlmkitError(f"{what} {p} is a file, expected a directory")
+    manifest = read_manifest(p)
+    if manifest is None and (p / MANIFEST).exists():
+        raise LlmkitError(f"{what} {p} has an unreadable or incomplete manifest.json; run its stage again")
+    return manifest
+
+
+def _looks_like_local_path(s: str) -> bool:
+    """A hub id is ``name`` or ``org/name``; anything else, or an ``org`` that is a local
+    directory (``runs/x``), is a local path."""
+    if s.startswith((".", "/", "~")) or s.endswith("/") or s.count("/") > 1:
+        return True
+    return s.count("/") == 1 and Path(s.split("/")[0]).is_dir()
+
+
+def versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for lib in LIBS:
+        try:
+            out[lib] = importlib.metadata.version(lib)
+        except importlib.metadata.PackageNotFoundError:
+            out[lib] = None
+    return out
+
+
+def git_revision() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+        if not rev:
+            return None
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+        return rev + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def device_name() -> str:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
+    except Exception:
+        pass
+    return f"cpu ({os.cpu_count()} cores)"
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- metrics and plots
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    f = Path(path)
+    if not f.is_file():
+        return []
+    return [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+
+
+def plot_curves(metrics_file: str | Path, png: str | Path, keys: tuple[str, ...] = ("loss", "eval_loss"), title: str = "") -> bool:
+    """Plot the given keys of a metrics.jsonl against step; returns False when nothing to plot."""
+    rows = read_metrics(metrics_file)
+    series = {k: [(r["step"], r[k]) for r in rows if k in r and r.get(k) is not None] for k in keys}
+    series = {k: v for k, v in series.items() if v}
+    if not series:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    for k, pts in series.items():
+        xs, ys = zip(*pts)
+        ax.plot(xs, ys, marker="o" if len(pts) < 30 else None, markersize=3, label=k)
+    ax.set_xlabel("step")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png)
+    plt.close(fig)
+    return True
+
+
+def make_metrics_callback(metrics_file: str | Path):
+    """A TrainerCallback that appends every log to metrics.jsonl and prints a step line with
+    loss, tokens/s and ETA (main process only)."""
+    from transformers import TrainerCallback
+
+    class MetricsCallback(TrainerCallback):
+        def __init__(self) -> None:
+            self.t0 = time.time()
+            self.last_t = self.t0
+            self.last_tokens = 0
+            self.start_step = 0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.t0 = self.last_t = time.time()
+            self.start_step = state.global_step
+            self.last_tokens = state.num_input_tokens_seen or 0
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or not logs:
+                return
+            t = time.time()
+            row: dict[str, Any] = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), "time_s": round(t - self.t0, 2)}
+            row.update({k: v for k, v in logs.items() if isinstance(v, (int, float, str))})
+            tokens = state.num_input_tokens_seen or 0
+            if tokens and t > self.last_t and tokens > self.last_tokens:
+                row["tokens_per_s"] = round((tokens - self.last_tokens) / (t - self.last_t), 1)
+            with open(metrics_file, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            if "loss" in logs and state.max_steps:
+                done = max(state.global_step - self.start_step, 1)
+                eta = (t - self.t0) / done * (state.max_steps - state.global_step)
+                tps = f" | {row['tokens_per_s']:.0f} tok/s" if "tokens_per_s" in row else ""
+                print(
+                    f"[step {state.global_step}/{state.max_steps}] loss {logs['loss']:.4f}{tps} | ETA {eta:.0f}s",
+                    flush=True,
+                )
+            self.last_t = t
+            self.last_tokens = tokens
+
+    return MetricsCallback()

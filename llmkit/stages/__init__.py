@@ -1,0 +1,1 @@
+"""One module per stage; each reads top to bottom: config -> validate -> data -> model -> train -> save."""

@@ -1,0 +1,105 @@
+"""Helpers shared by the training stages: device-aware defaults, value checks, the trainer run
+with resume from the staging directory, and the end-of-stage bookkeeping."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from llmkit import runs
+from llmkit.config import LlmkitError, StageConfig
+
+
+def has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def trainer_defaults(explicit: dict[str, Any], library_defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+    """llmkit's defaults for TrainingArguments-derived configs; the user's keys always win.
+
+    Without a GPU: CPU training in float32 without activation checkpointing (TRL's bf16 and
+    checkpointing defaults fail or crawl on CPU).  Always: no external loggers, safetensors,
+    token counting for tokens/s.
+    """
+    d: dict[str, Any] = {
+        "report_to": "none",
+        "logging_steps": 10,
+        "include_num_input_tokens_seen": "non_padding",
+        "save_strategy": "steps",
+        "save_steps": 500,
+        "save_total_limit": 2,
+        "seed": 42,
+    }
+    if not has_cuda():
+        d.update({"use_cpu": True, "bf16": False, "fp16": False})
+        if "gradient_checkpointing" not in explicit:  # the deprecated alias wins when the user set it
+            d["activation_checkpointing"] = False
+    d.update(library_defaults or {})
+    return d
+
+
+def check_training_args(args, cfg: StageConfig) -> None:
+    """Values the libraries accept silently but that cannot be right."""
+    src = cfg.source
+    if args.learning_rate is not None and args.learning_rate <= 0:
+        raise LlmkitError(f"{src}: learning_rate must be positive, got {args.learning_rate}")
+    if args.per_device_train_batch_size < 1:
+        raise LlmkitError(f"{src}: per_device_train_batch_size must be at least 1")
+    if args.gradient_accumulation_steps < 1:
+        raise LlmkitError(f"{src}: gradient_accumulation_steps must be at least 1")
+    if args.num_train_epochs <= 0 and args.max_steps <= 0:
+        raise LlmkitError(f"{src}: set num_train_epochs > 0 or max_steps > 0")
+    if args.fp16 and not has_cuda():
+        raise LlmkitError(f"{src}: fp16 needs a GPU; on CPU train in float32 (default) or set bf16: true")
+    if not args.output_dir:
+        raise LlmkitError(f"{src}: output_dir is required")
+
+
+def last_checkpoint(ckpt_dir: Path) -> str | None:
+    """The newest complete checkpoint (one that holds trainer_state.json) or None."""
+    if not ckpt_dir.is_dir():
+        return None
+    found = []
+    for d in ckpt_dir.iterdir():
+        m = re.fullmatch(r"checkpoint-(\d+)", d.name)
+        if m and d.is_dir() and (d / "trainer_state.json").is_file():
+            found.append((int(m.group(1)), d))
+    return str(max(found)[1]) if found else None
+
+
+def point_trainer_at_staging(args, staging: Path) -> None:
+    args.output_dir = str(staging / "checkpoints")
+
+
+def train(trainer, staging: Path):
+    """Run trainer.train(), resuming from the newest checkpoint of an interrupted run."""
+    resume = last_checkpoint(staging / "checkpoints")
+    if resume and runs.is_main_process():
+        print(f"llmkit: resuming from {resume}", flush=True)
+    return trainer.train(resume_from_checkpoint=resume)
+
+
+def finish_training_stage(
+    stage: str,
+    cfg: StageConfig,
+    staging: Path,
+    output_dir: str,
+    started: float,
+    inputs: dict[str, Any],
+    metrics: dict[str, Any],
+    steps: int | None,
+    plot_keys: tuple[str, ...] = ("loss", "eval_loss"),
+) -> Path:
+    """Plot the curves, write the manifest last and move the run into place."""
+    if runs.is_main_process():
+        runs.plot_curves(staging / "metrics.jsonl", staging / "loss.png", plot_keys, title=f"{stage}: {Path(output_dir).name}")
+    manifest = runs.build_manifest(stage, cfg, started, inputs, metrics, steps=steps)
+    out = runs.finalize(staging, output_dir, manifest)
+    if runs.is_main_process():
+        shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+        print(f"llmkit {stage}: done in {time.time() - started:.1f}s -> {out}  ({shown})", flush=True)
+    return out

@@ -1,0 +1,183 @@
+"""Stage `sft`: supervised fine-tuning with TRL's SFTTrainer — full, LoRA or QLoRA.
+
+config -> validate (data layout and every local row, chat template markers when
+assistant_only_loss is on, model/adapter paths, LoRA values) -> load model (4-bit NF4 when
+load_in_4bit) -> SFTTrainer (conversational `messages` or prompt/completion data, packing as
+an option) -> save model or adapter + tokenizer -> greedy answers to held-out prompts
+(samples.jsonl, exact-match rate) -> run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trl import ModelConfig, SFTConfig
+
+from llmkit import data, runs
+from llmkit.config import LlmkitError, StageConfig
+from llmkit.stages import common
+
+STAGE = "sft"
+
+
+@dataclass
+class SftArgs:
+    datasets: list = field(default_factory=list, metadata={"help": "Training data: 'messages' or 'prompt'/'completion' (or 'text'); files, hub ids, mixtures with weight/format/columns."})
+    eval_datasets: list = field(default_factory=list, metadata={"help": "Held-out data; if empty, eval_split_size of the data is held out."})
+    eval_split_size: float = field(default=0.05, metadata={"help": "Fraction (<1) or count (>=1) held out when eval_datasets is empty; 0 for none."})
+    tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "Tokenizer; default: the model's (or the adapter run's)."})
+    chat_template: str | None = field(default=None, metadata={"help": "Replace the tokenizer's chat template (inline Jinja or a .jinja path)."})
+    sample_prompts: int = field(default=8, metadata={"help": "After training, answer this many held-out prompts greedily (samples.jsonl)."})
+    sample_max_new_tokens: int = field(default=48, metadata={"help": "Token budget of those answers."})
+
+
+CLASSES = [SftArgs, ModelConfig, SFTConfig]
+DOC = __doc__
+
+
+def defaults(explicit: dict) -> dict:
+    return common.trainer_defaults(explicit, {"eval_strategy": "steps", "eval_steps": 100})
+
+
+def _template(a: SftArgs, tokenizer, cfg: StageConfig) -> None:
+    if a.chat_template:
+        t = a.chat_template
+        if t.endswith(".jinja"):
+            if not Path(t).is_file():
+                raise LlmkitError(f"{cfg.source}: chat_template file not found: {t}")
+            t = Path(t).read_text(encoding="utf-8")
+        tokenizer.chat_template = t
+
+
+def validate_template(tokenizer, sargs: SFTConfig, layout: str, cfg: StageConfig) -> None:
+    from llmkit.modeling import has_generation_markers
+
+    if layout in ("messages",) or (layout == "prompt_completion"):
+        if layout == "messages" and not tokenizer.chat_template:
+            raise LlmkitError(f"{cfg.source}: conversational data needs a chat template; the tokenizer has none (set chat_template)")
+    if sargs.assistant_only_loss:
+        if layout != "messages":
+            raise LlmkitError(
+                f"{cfg.source}: assistant_only_loss needs conversational 'messages' data; for prompt/completion data use completion_only_loss"
+            )
+        if not has_generation_markers(tokenizer.chat_template):
+            raise LlmkitError(
+                f"{cfg.source}: assistant_only_loss is on but the chat template has no {{% generation %}} markers. "
+                "Use a template that wraps assistant turns in {% generation %}...{% endgeneration %} "
+                "(the llmkit tokenizer stage writes one; set chat_template) or turn assistant_only_loss off."
+            )
+
+
+def generate_samples(model, tokenizer, rows: list[dict], layout: str, n: int, max_new_tokens: int) -> list[dict]:
+    """Greedy answers to the first ``n`` held-out prompts, with the reference answer."""
+    import torch
+
+    out = []
+    model.eval()
+    for r in rows[:n]:
+        if layout == "messages":
+            msgs = r["messages"]
+            last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
+            prompt_ids = tokenizer.apply_chat_template(msgs[:last], add_generation_prompt=True, return_dict=True, return_tensors="pt")["input_ids"]
+            ref = msgs[last]["content"]
+            shown = msgs[last - 1]["content"] if last else ""
+        elif layout == "prompt_completion" and isinstance(r["prompt"], str):
+            prompt_ids = tokenizer(r["prompt"], return_tensors="pt")["input_ids"]
+            ref, shown = r["completion"], r["prompt"]
+        else:
+            continue
+        with torch.no_grad():
+            gen = model.generate(
+                input_ids=prompt_ids.to(model.device), max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+            )
+        text = tokenizer.decode(gen[0, prompt_ids.shape[1] :], skip_special_tokens=True).strip()
+        out.append({"prompt": shown, "reference": ref, "generated": text, "exact_match": text == ref.strip()})
+    return out
+
+
+def main(cfg: StageConfig, overwrite: bool = False) -> Path:
+    started = time.time()
+    a: SftArgs = cfg.get(SftArgs)
+    margs: ModelConfig = cfg.get(ModelConfig)
+    sargs: SFTConfig = cfg.get(SFTConfig)
+    from llmkit import modeling
+
+    # ---- validate before any heavy work or any write
+    common.check_training_args(sargs, cfg)
+    modeling.check_model_source(margs.model_name_or_path)
+    if (margs.load_in_4bit or margs.load_in_8bit) and not margs.use_peft:
+        raise LlmkitError(f"{cfg.source}: load_in_4bit/load_in_8bit (QLoRA) trains adapters only: set use_peft: true")
+    lora = modeling.peft_config(margs)
+    tok_path = a.tokenizer_name_or_path or margs.model_name_or_path
+    if not a.tokenizer_name_or_path and modeling.is_adapter_dir(tok_path) and not (Path(tok_path) / "tokenizer_config.json").exists():
+        tok_path = modeling.adapter_base(tok_path)
+    tokenizer = modeling.load_tokenizer(tok_path)
+    _template(a, tokenizer, cfg)
+    runs.check_output_dir(sargs.output_dir, overwrite)
+    rows, provenance = data.load_rows(a.datasets, "sft", sargs.seed)
+    eval_rows, eval_prov = data.load_rows(a.eval_datasets, "sft", sargs.seed, "eval_datasets") if a.eval_datasets else ([], [])
+    layout = data.detect_format(set(rows[0]), "sft", "datasets")
+    if eval_rows and data.detect_format(set(eval_rows[0]), "sft", "eval_datasets") != layout:
+        raise LlmkitError(f"{cfg.source}: eval_datasets and datasets have different layouts")
+    validate_template(tokenizer, sargs, layout, cfg)
+    train_ds, eval_ds = data.train_eval_split(rows, eval_rows, a.eval_split_size, sargs.seed)
+
+    from transformers import set_seed
+    from transformers.trainer_utils import IntervalStrategy
+    from trl import SFTTrainer
+
+    set_seed(sargs.seed)
+    model = modeling.load_causal_lm(margs, trust_remote_code=sargs.trust_remote_code)
+    end_ids = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")} - {None, tokenizer.unk_token_id}
+    model.generation_config.eos_token_id = sorted(end_ids)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+    # ---- from here on, everything is written into the staging directory
+    staging = runs.open_staging(sargs.output_dir, cfg, STAGE, overwrite)
+    output_dir = sargs.output_dir
+    common.point_trainer_at_staging(sargs, staging)
+    if eval_ds is None:
+        sargs.eval_strategy = IntervalStrategy.NO
+    trainer = SFTTrainer(
+        model=model,
+        args=sargs,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        peft_config=lora if not modeling.is_adapter_dir(margs.model_name_or_path) else None,
+        callbacks=[runs.make_metrics_callback(staging / "metrics.jsonl")],
+    )
+    metrics: dict = {"train_rows": len(train_ds), "layout": layout, "mode": _mode(margs)}
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    metrics["trainable_parameters"] = trainable
+    if eval_ds is not None:
+        metrics["eval_loss_before"] = trainer.evaluate()["eval_loss"]
+    result = common.train(trainer, staging)
+    metrics["train_loss"] = result.training_loss
+    if eval_ds is not None:
+        metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
+    trainer.save_model(str(staging))
+    if runs.is_main_process():
+        tokenizer.save_pretrained(staging)
+        sample_rows = eval_ds.to_list() if eval_ds is not None else []
+        samples = generate_samples(trainer.model, tokenizer, sample_rows, layout, a.sample_prompts, a.sample_max_new_tokens)
+        if samples:
+            with open(staging / "samples.jsonl", "w", encoding="utf-8") as fh:
+                for s in samples:
+                    fh.write(json.dumps(s, ensure_ascii=False) + "\n")
+            metrics["sample_exact_match"] = sum(s["exact_match"] for s in samples) / len(samples)
+            for s in samples[:3]:
+                print(f"  Q: {s['prompt'][:80]!r}\n  A: {s['generated'][:80]!r}  (ref {s['reference'][:60]!r})", flush=True)
+    inputs = {"model": margs.model_name_or_path, "tokenizer": tok_path, "datasets": provenance, "eval_datasets": eval_prov}
+    return common.finish_training_stage(STAGE, cfg, staging, output_dir, started, inputs, metrics, trainer.state.global_step)
+
+
+def _mode(margs: ModelConfig) -> str:
+    if margs.load_in_4bit:
+        return "qlora-4bit"
+    if margs.load_in_8bit:
+        return "lora-8bit"
+    return "lora" if margs.use_peft else "full"
