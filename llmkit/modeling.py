@@ -30,6 +30,21 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>"]
 ARCHITECTURES = ("llama", "qwen2", "qwen3", "mistral", "gemma", "gpt2")
 
 
+def resolve_chat_template(value: str, source: str) -> str:
+    """``chatml`` (llmkit's built-in template with generation markers), a ``.jinja`` file, or
+    an inline Jinja template."""
+    if value == "chatml":
+        return CHAT_TEMPLATE
+    if value.endswith(".jinja"):
+        p = Path(value)
+        if not p.is_file():
+            raise LlmkitError(f"{source}: chat_template file not found: {p}")
+        return p.read_text(encoding="utf-8")
+    if "{" not in value:
+        raise LlmkitError(f"{source}: chat_template {value!r} is neither 'chatml', a .jinja file nor a Jinja template")
+    return value
+
+
 def has_generation_markers(template: str | None) -> bool:
     return bool(template) and "{% generation %}" in template.replace("{%- generation %}", "{% generation %}")
 

@@ -224,7 +224,7 @@ def device_name() -> str:
 
 
 def now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

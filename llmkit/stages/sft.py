@@ -29,7 +29,7 @@ class SftArgs:
     eval_datasets: list = field(default_factory=list, metadata={"help": "Held-out data; if empty, eval_split_size of the data is held out."})
     eval_split_size: float = field(default=0.05, metadata={"help": "Fraction (<1) or count (>=1) held out when eval_datasets is empty; 0 for none."})
     tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "Tokenizer; default: the model's (or the adapter run's)."})
-    chat_template: str | None = field(default=None, metadata={"help": "Replace the tokenizer's chat template (inline Jinja or a .jinja path)."})
+    chat_template: str | None = field(default=None, metadata={"help": "Replace the tokenizer's chat template: 'chatml' (built-in, with generation markers), a .jinja path or inline Jinja."})
     sample_prompts: int = field(default=8, metadata={"help": "After training, answer this many held-out prompts greedily (samples.jsonl)."})
     sample_max_new_tokens: int = field(default=48, metadata={"help": "Token budget of those answers."})
 
@@ -40,16 +40,6 @@ DOC = __doc__
 
 def defaults(explicit: dict) -> dict:
     return common.trainer_defaults(explicit, {"eval_strategy": "steps", "eval_steps": 100})
-
-
-def _template(a: SftArgs, tokenizer, cfg: StageConfig) -> None:
-    if a.chat_template:
-        t = a.chat_template
-        if t.endswith(".jinja"):
-            if not Path(t).is_file():
-                raise LlmkitError(f"{cfg.source}: chat_template file not found: {t}")
-            t = Path(t).read_text(encoding="utf-8")
-        tokenizer.chat_template = t
 
 
 def validate_template(tokenizer, sargs: SFTConfig, layout: str, cfg: StageConfig) -> None:
@@ -115,7 +105,8 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     if not a.tokenizer_name_or_path and modeling.is_adapter_dir(tok_path) and not (Path(tok_path) / "tokenizer_config.json").exists():
         tok_path = modeling.adapter_base(tok_path)
     tokenizer = modeling.load_tokenizer(tok_path)
-    _template(a, tokenizer, cfg)
+    if a.chat_template:
+        tokenizer.chat_template = modeling.resolve_chat_template(a.chat_template, cfg.source)
     runs.check_output_dir(sargs.output_dir, overwrite)
     rows, provenance = data.load_rows(a.datasets, "sft", sargs.seed)
     eval_rows, eval_prov = data.load_rows(a.eval_datasets, "sft", sargs.seed, "eval_datasets") if a.eval_datasets else ([], [])

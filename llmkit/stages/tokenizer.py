@@ -14,7 +14,7 @@ from pathlib import Path
 
 from llmkit import data, runs
 from llmkit.config import LlmkitError, StageConfig
-from llmkit.modeling import CHAT_TEMPLATE, SPECIAL_TOKENS, has_generation_markers
+from llmkit.modeling import SPECIAL_TOKENS, has_generation_markers, resolve_chat_template
 
 STAGE = "tokenizer"
 
@@ -48,12 +48,7 @@ def validate(a: TokenizerArgs, cfg: StageConfig) -> str:
         raise LlmkitError(f"{cfg.source}: vocab_size too small ({a.vocab_size})")
     if len(a.special_tokens) < 2:
         raise LlmkitError(f"{cfg.source}: special_tokens needs at least an EOS and a PAD token")
-    template = a.chat_template or CHAT_TEMPLATE
-    if template.endswith(".jinja"):
-        p = Path(template)
-        if not p.is_file():
-            raise LlmkitError(f"{cfg.source}: chat_template file not found: {p}")
-        template = p.read_text(encoding="utf-8")
+    template = resolve_chat_template(a.chat_template or "chatml", cfg.source)
     if not has_generation_markers(template):
         print("llmkit tokenizer: warning: the chat template has no {% generation %} markers; assistant_only_loss will be refused")
     return template

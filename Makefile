@@ -1,0 +1,88 @@
+# llmkit — one target per stage. `make help` lists them.
+# Variables: RECIPE (a folder in recipes/), ACCELERATE (a file in recipes/accelerate/, without
+# .yaml), NUM_PROCESSES, NUM_MACHINES, MAIN_PROCESS_IP, ARGS (--key value overrides), GPU=1.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+RECIPE ?= tiny-es
+ACCELERATE ?=
+NUM_PROCESSES ?= 1
+NUM_MACHINES ?= 1
+MAIN_PROCESS_IP ?=
+ARGS ?=
+FORCE ?=
+# GPU extras when a GPU is present (or GPU=1)
+GPU ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
+
+# keep every cache inside the project
+export HF_HOME ?= $(CURDIR)/.cache/huggingface
+export TOKENIZERS_PARALLELISM ?= false
+export MPLCONFIGDIR ?= $(CURDIR)/.cache/matplotlib
+
+ifeq ($(ACCELERATE),)
+  LAUNCH := $(BIN)/llmkit
+else
+  LAUNCH := $(BIN)/accelerate launch --config_file recipes/accelerate/$(ACCELERATE).yaml \
+            --num_processes $(NUM_PROCESSES) --num_machines $(NUM_MACHINES) \
+            $(if $(MAIN_PROCESS_IP),--main_process_ip $(MAIN_PROCESS_IP)) -m llmkit
+endif
+
+STAMP := $(VENV)/.llmkit-installed$(if $(GPU),-gpu)
+
+.PHONY: help setup test demo data data-check lint tokenizer pretrain sft run ls merge clean
+.DEFAULT_GOAL := help
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@echo ""
+	@echo "  RECIPE=$(RECIPE) ACCELERATE=$(ACCELERATE) NUM_PROCESSES=$(NUM_PROCESSES) ARGS='$(ARGS)'"
+	@echo "  e.g. make sft RECIPE=qwen2.5-0.5b-es ACCELERATE=multi_gpu NUM_PROCESSES=8 ARGS='--learning_rate 1e-4'"
+
+setup: $(STAMP) ## create .venv and install llmkit with its pinned dependencies (idempotent)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first and pinned: the CPU wheel here, the CUDA build of the same release on GPU nodes
+	$(BIN)/python -m pip install -q "torch==2.13.0"
+	$(BIN)/python -m pip install -q -e ".[dev$(if $(GPU),$(comma)gpu)]"
+	touch $@
+
+comma := ,
+
+test: setup ## run the test suite (CPU, offline)
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q tests $(ARGS)
+
+demo: setup ## the embedded default: tokenizer -> pretrain -> sft on CPU in a few minutes
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/llmkit run recipes/tiny-es $(if $(FORCE),--force)
+
+data: setup ## rebuild data/ deterministically (byte for byte)
+	$(BIN)/python data/make_data.py
+
+data-check: setup ## verify data/ matches its generator byte for byte
+	$(BIN)/python data/make_data.py --check
+
+lint: setup ## ruff
+	$(BIN)/ruff check llmkit tests data
+
+tokenizer: setup ## train the recipe's tokenizer
+	$(BIN)/llmkit tokenizer --config recipes/$(RECIPE)/tokenizer.yaml $(ARGS)
+
+pretrain: setup ## pretrain (or continue pretraining) the recipe's model
+	$(LAUNCH) pretrain --config recipes/$(RECIPE)/pretrain.yaml $(ARGS)
+
+sft: setup ## supervised fine-tuning (full, LoRA or QLoRA per the recipe)
+	$(LAUNCH) sft --config recipes/$(RECIPE)/$(or $(SFT_CONFIG),sft.yaml) $(ARGS)
+
+run: setup ## the recipe's whole pipeline.yaml, skipping finished stages
+	$(LAUNCH) run recipes/$(RECIPE) $(if $(FORCE),--force) $(ARGS)
+
+ls: setup ## list recipes and what has been run
+	$(BIN)/llmkit ls
+
+merge: setup ## merge a LoRA run: make merge RUN=runs/x/sft OUT=runs/x/sft-merged
+	$(BIN)/llmkit merge $(RUN) --output_dir $(OUT) $(ARGS)
+
+clean: ## remove runs/ and caches (keeps .venv)
+	rm -rf runs .cache .pytest_cache

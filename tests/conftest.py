@@ -1,0 +1,91 @@
+"""Shared fixtures: a tokenizer trained on the project's own corpus and a tiny random Llama,
+both built once per session in a temporary directory.  Nothing touches the network."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_DISABLED", "true")
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "data"
+TINY_MODEL = {
+    "model_type": "llama",
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 512,
+}
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as fh:
+        for r in rows:
+            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+    return path
+
+
+def read_jsonl(path: Path, n: int | None = None) -> list[dict]:
+    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    return rows[:n] if n else rows
+
+
+def llmkit(*argv: str) -> int:
+    """Run the CLI in-process, as `llmkit ...` would."""
+    from llmkit.cli import main
+
+    return main([str(a) for a in argv])
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> Path:
+    """A 600-paragraph slice of the shipped corpus (fast to train on)."""
+    d = tmp_path_factory.mktemp("corpus")
+    write_jsonl(d / "heldout.jsonl", read_jsonl(DATA / "corpus_heldout.jsonl", 100))
+    return write_jsonl(d / "train.jsonl", read_jsonl(DATA / "corpus_train.jsonl", 600))
+
+
+@pytest.fixture(scope="session")
+def tokenizer_run(tmp_path_factory, corpus) -> Path:
+    out = tmp_path_factory.mktemp("tok") / "tokenizer"
+    rc = llmkit(
+        "tokenizer", "--output_dir", out, "--datasets", f"[{corpus}]",
+        "--heldout_datasets", f"[{corpus.parent / 'heldout.jsonl'}]", "--vocab_size", "600",
+    )
+    assert rc == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def base_model(tmp_path_factory, tokenizer_run) -> Path:
+    """A random tiny Llama saved as a plain HF directory with the trained tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmkit.modeling import new_model_config
+
+    out = tmp_path_factory.mktemp("base") / "model"
+    tok = AutoTokenizer.from_pretrained(tokenizer_run)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(new_model_config(TINY_MODEL, tok))
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def sft_data(tmp_path_factory) -> tuple[Path, Path]:
+    d = tmp_path_factory.mktemp("sft")
+    train = write_jsonl(d / "train.jsonl", read_jsonl(DATA / "sft_train.jsonl", 400))
+    held = write_jsonl(d / "heldout.jsonl", read_jsonl(DATA / "sft_heldout.jsonl", 40))
+    return train, held
