@@ -96,11 +96,13 @@ def _field_types(tp: Any) -> tuple[set[type], list[Any]]:
     return {object}, []
 
 
-def _coerce(key: str, value: Any, field: dataclasses.Field, from_cli: bool, source: str) -> Any:
-    plain, literals = _field_types(field.type)
+def _coerce(key: str, value: Any, field: dataclasses.Field, from_cli: bool, source: str, tp: Any = None) -> Any:
+    plain, literals = _field_types(field.type if tp is None else tp)
     if from_cli and isinstance(value, str):
+        if value.lower() in ("none", "null") and type(None) in plain:
+            return None
         if str in plain and not (plain & {int, float, bool, list, dict}):
-            return None if value.lower() in ("none", "null") and type(None) in plain else value
+            return value
         try:
             parsed = yaml.safe_load(value)
         except yaml.YAMLError:
@@ -183,13 +185,20 @@ def to_plain(value: Any) -> Any:
     return str(value)
 
 
-def stage_fields(classes: list[type]) -> dict[str, tuple[type, dataclasses.Field]]:
-    """key -> (owning dataclass, field); the first class that declares a key owns it."""
-    out: dict[str, tuple[type, dataclasses.Field]] = {}
+def stage_fields(classes: list[type]) -> dict[str, tuple[type, dataclasses.Field, Any]]:
+    """key -> (owning dataclass, field, resolved type); the first class declaring a key owns it.
+
+    Types are resolved with get_type_hints so that classes written with
+    ``from __future__ import annotations`` (string annotations) are typed too."""
+    out: dict[str, tuple[type, dataclasses.Field, Any]] = {}
     for cls in classes:
+        try:
+            hints = typing.get_type_hints(cls)
+        except Exception:  # an annotation that cannot be evaluated: fall back to the raw ones
+            hints = {}
         for f in dataclasses.fields(cls):
             if f.init and not f.name.startswith("_"):
-                out.setdefault(f.name, (cls, f))
+                out.setdefault(f.name, (cls, f, hints.get(f.name, f.type)))
     return out
 
 
@@ -225,7 +234,8 @@ def load_stage_config(
         for key, value in data.items():
             if not isinstance(key, str) or key not in fields:
                 raise LlmkitError(unknown_key_message(str(key), valid, src))
-            explicit[key] = _coerce(key, value, fields[key][1], from_cli, src)
+            _, fld, tp = fields[key]
+            explicit[key] = _coerce(key, value, fld, from_cli, src, tp)
     values = dict((defaults(explicit) if callable(defaults) else defaults) or {})
     values.update(explicit)
     args = []

@@ -107,6 +107,14 @@ def new_model_config(model_config: dict[str, Any], tokenizer):
     for k, v in spec.items():
         if isinstance(v, (int, float)) and not isinstance(v, bool) and v <= 0 and k.endswith(("size", "layers", "heads")):
             raise LlmkitError(f"model_config.{k} must be positive, got {v}")
+    known = set(AutoConfig.for_model(model_type).to_dict()) | set(getattr(AutoConfig.for_model(model_type), "attribute_map", {}))
+    for k in spec:
+        if k not in known:
+            import difflib
+
+            close = difflib.get_close_matches(k, sorted(known), n=3, cutoff=0.6)
+            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            raise LlmkitError(f"model_config: unknown key '{k}' for model_type {model_type}.{hint}")
     try:
         cfg = AutoConfig.for_model(model_type, **spec)
     except (ValueError, TypeError) as exc:
@@ -114,6 +122,35 @@ def new_model_config(model_config: dict[str, Any], tokenizer):
     if spec["vocab_size"] < len(tokenizer):
         raise LlmkitError(f"model_config.vocab_size {spec['vocab_size']} is smaller than the tokenizer's {len(tokenizer)} tokens")
     return cfg
+
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def check_model_args(model_args, source: str) -> None:
+    """ModelConfig values that would otherwise fail deep inside a library."""
+    if model_args.dtype is not None and model_args.dtype not in DTYPES:
+        raise LlmkitError(f"{source}: dtype must be one of {list(DTYPES)}, got {model_args.dtype!r}")
+    if model_args.load_in_4bit and model_args.load_in_8bit:
+        raise LlmkitError(f"{source}: choose load_in_4bit or load_in_8bit, not both")
+    if model_args.bnb_4bit_quant_type not in ("nf4", "fp4"):
+        raise LlmkitError(f"{source}: bnb_4bit_quant_type must be nf4 or fp4, got {model_args.bnb_4bit_quant_type!r}")
+
+
+def check_lora_targets(model, lora, source: str) -> None:
+    """Every named LoRA target must match a module of the model (PEFT only fails when none do)."""
+    if lora is None:
+        return
+    targets = lora.target_modules
+    if targets is None or isinstance(targets, str):  # "all-linear" or a regex: PEFT resolves it
+        return
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    missing = sorted(t for t in targets if t not in names and not any(n.endswith(t) for n, _ in model.named_modules()))
+    if missing:
+        import torch
+
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise LlmkitError(f"{source}: lora_target_modules {missing} match no module of the model; linear layers are: {', '.join(linear)} (or use all-linear)")
 
 
 def model_init_kwargs(model_args, trust_remote_code: bool = False) -> dict[str, Any]:

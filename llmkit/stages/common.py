@@ -96,7 +96,7 @@ def finish_training_stage(
 ) -> Path:
     """Plot the curves, write the manifest last and move the run into place."""
     if runs.is_main_process():
-        runs.plot_curves(staging / "metrics.jsonl", staging / "loss.png", plot_keys, title=f"{stage}: {Path(output_dir).name}")
+        runs.plot_curves(staging / "metrics.jsonl", staging / "loss.png", plot_keys, title=f"{stage}: {output_dir}")
     manifest = runs.build_manifest(stage, cfg, started, inputs, metrics, steps=steps)
     out = runs.finalize(staging, output_dir, manifest)
     if runs.is_main_process():

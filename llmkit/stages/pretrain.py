@@ -16,7 +16,7 @@ from pathlib import Path
 from transformers import TrainingArguments
 from trl import ModelConfig
 
-from llmkit import data, runs
+from llmkit import data, modeling, runs
 from llmkit.config import LlmkitError, StageConfig
 from llmkit.stages import common
 
@@ -60,6 +60,7 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
 
     # validate everything before touching the output directory
     common.check_training_args(targs, cfg)
+    modeling.check_model_args(margs, cfg.source)
     if a.block_size < 8:
         raise LlmkitError(f"{cfg.source}: block_size must be at least 8, got {a.block_size}")
     if a.model_config is None and not margs.model_name_or_path:
@@ -69,8 +70,6 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     tok_path = a.tokenizer_name_or_path or margs.model_name_or_path
     if not tok_path:
         raise LlmkitError(f"{cfg.source}: tokenizer_name_or_path is required with model_config")
-    from llmkit import modeling
-
     if margs.model_name_or_path:
         modeling.check_model_source(margs.model_name_or_path)
     tokenizer = modeling.load_tokenizer(tok_path)
@@ -98,6 +97,7 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     if lora is not None:
         from peft import get_peft_model
 
+        modeling.check_lora_targets(model, lora, cfg.source)
         model = get_peft_model(model, lora)
     n_params = sum(p.numel() for p in model.parameters())
 

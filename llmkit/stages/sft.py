@@ -97,6 +97,7 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
 
     # ---- validate before any heavy work or any write
     common.check_training_args(sargs, cfg)
+    modeling.check_model_args(margs, cfg.source)
     modeling.check_model_source(margs.model_name_or_path)
     if (margs.load_in_4bit or margs.load_in_8bit) and not margs.use_peft:
         raise LlmkitError(f"{cfg.source}: load_in_4bit/load_in_8bit (QLoRA) trains adapters only: set use_peft: true")
@@ -125,6 +126,8 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     end_ids = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")} - {None, tokenizer.unk_token_id}
     model.generation_config.eos_token_id = sorted(end_ids)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if not modeling.is_adapter_dir(margs.model_name_or_path):
+        modeling.check_lora_targets(model, lora, cfg.source)
 
     # ---- from here on, everything is written into the staging directory
     staging = runs.open_staging(sargs.output_dir, cfg, STAGE, overwrite)
