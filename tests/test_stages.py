@@ -240,3 +240,21 @@ def test_accelerate_configs_parse():
         assert cfg.num_processes >= 1
     assert load_config_from_file(str(REPO / "recipes/accelerate/zero3.yaml")).deepspeed_config["zero3_save_16bit_model"] is True
     assert load_config_from_file(str(REPO / "recipes/accelerate/fsdp.yaml")).fsdp_config["fsdp_version"] == 2
+
+
+@pytest.mark.parametrize(
+    "a,b,same",
+    [
+        ("La capital de Caraguay es Pekín.", "La capital de Vietnam es Hanói.", True),
+        ("El plural de «huega» es «huevo».", "El plural de «hormiga» es «hormigas».", True),
+        ("33 por 4 son 70. La respuesta es 90.", "18 por 13 son 234. La respuesta es 1.234.", True),
+        ("¡Hola, Irene! Encantado de conocerte.", "¡Hola, Simón! Encantado de conocerte.", True),
+        ("The answer is 5.", "La respuesta es 5.", False),
+        ("La respuesta es 5", "La respuesta es 5.", False),
+        ("Yo leo, tú ves.", "Yo rompo, tú rompes.", False),
+    ],
+)
+def test_answer_shape_masks_content_not_format(a, b, same):
+    from llmkit.stages.sft import answer_shape
+
+    assert (answer_shape(a) == answer_shape(b)) is same

@@ -4,12 +4,14 @@ config -> validate (data layout and every local row, chat template markers when
 assistant_only_loss is on, model/adapter paths, LoRA values) -> load model (4-bit NF4 when
 load_in_4bit) -> SFTTrainer (conversational `messages` or prompt/completion data, packing as
 an option) -> save model or adapter + tokenizer -> greedy answers to held-out prompts
-(samples.jsonl, exact-match rate) -> run directory.
+(samples.jsonl: exact match, and format match
+with numbers/names/quotes masked, before and after training) -> run directory.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +63,23 @@ def validate_template(tokenizer, sargs: SFTConfig, layout: str, cfg: StageConfig
             )
 
 
+_QUOTED = re.compile(r"«[^»]*»")
+_NUMBER = re.compile(r"\d[\d.,]*\d|\d")
+
+
+def answer_shape(text: str) -> str:
+    """An answer with its content masked: «quoted» -> «Q», numbers -> 0, capitalised words
+    inside a sentence -> W.  Two answers with the same shape follow the same format even when
+    the facts differ ("La capital de Chile es Lima." ~ "La capital de Perú es Quito.")."""
+    words = _NUMBER.sub("0", _QUOTED.sub("«Q»", text.strip())).split()
+    out = []
+    for i, w in enumerate(words):
+        sentence_start = i == 0 or words[i - 1][-1] in ".!?:"
+        core = w.lstrip("¡¿(\"")
+        out.append(w.replace(core.rstrip(".,;:!?)\""), "W", 1) if core[:1].isupper() and not sentence_start else w)
+    return " ".join(out)
+
+
 def generate_samples(model, tokenizer, rows: list[dict], layout: str, n: int, max_new_tokens: int) -> list[dict]:
     """Greedy answers to the first ``n`` held-out prompts, with the reference answer."""
     import torch
@@ -84,7 +103,8 @@ def generate_samples(model, tokenizer, rows: list[dict], layout: str, n: int, ma
                 input_ids=prompt_ids.to(model.device), max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
             )
         text = tokenizer.decode(gen[0, prompt_ids.shape[1] :], skip_special_tokens=True).strip()
-        out.append({"prompt": shown, "reference": ref, "generated": text, "exact_match": text == ref.strip()})
+        out.append({"prompt": shown, "reference": ref, "generated": text, "exact_match": text == ref.strip(),
+                    "format_match": answer_shape(text) == answer_shape(ref)})
     return out
 
 
@@ -147,8 +167,12 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     metrics: dict = {"train_rows": len(train_ds), "layout": layout, "mode": _mode(margs)}
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     metrics["trainable_parameters"] = trainable
+    sample_rows = eval_ds.to_list() if eval_ds is not None else []
     if eval_ds is not None:
         metrics["eval_loss_before"] = trainer.evaluate()["eval_loss"]
+        before = generate_samples(trainer.model, tokenizer, sample_rows, layout, a.sample_prompts, a.sample_max_new_tokens)
+        if before:
+            metrics["sample_format_match_before"] = sum(s["format_match"] for s in before) / len(before)
     result = common.train(trainer, staging)
     metrics["train_loss"] = result.training_loss
     if eval_ds is not None:
@@ -156,13 +180,13 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     trainer.save_model(str(staging))
     if runs.is_main_process():
         tokenizer.save_pretrained(staging)
-        sample_rows = eval_ds.to_list() if eval_ds is not None else []
         samples = generate_samples(trainer.model, tokenizer, sample_rows, layout, a.sample_prompts, a.sample_max_new_tokens)
         if samples:
             with open(staging / "samples.jsonl", "w", encoding="utf-8") as fh:
                 for s in samples:
                     fh.write(json.dumps(s, ensure_ascii=False) + "\n")
             metrics["sample_exact_match"] = sum(s["exact_match"] for s in samples) / len(samples)
+            metrics["sample_format_match"] = sum(s["format_match"] for s in samples) / len(samples)
             for s in samples[:3]:
                 print(f"  Q: {s['prompt'][:80]!r}\n  A: {s['generated'][:80]!r}  (ref {s['reference'][:60]!r})", flush=True)
     inputs = {"model": margs.model_name_or_path, "tokenizer": tok_path, "datasets": provenance, "eval_datasets": eval_prov}
