@@ -24,7 +24,7 @@ ifeq ($(ACCELERATE),)
   LAUNCH := $(BIN)/llmkit
 else
   LAUNCH := $(BIN)/accelerate launch --config_file recipes/accelerate/$(ACCELERATE).yaml \
-            --num_processes $(NUM_PROCESSES) --num_machines $(NUM_MACHINES) \
+            --num_processes $(NUM_PROCESSES) --num_machines $(NUM_MACHINES) $(if $(GPU),,--num_cpu_threads_per_process 1) \
             $(if $(MAIN_PROCESS_IP),--main_process_ip $(MAIN_PROCESS_IP)) -m llmkit
 endif
 

@@ -28,22 +28,22 @@ STAGING_MARK = "llmkit_partial.json"
 LIBS = ("llmkit", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "tokenizers", "bitsandbytes")
 
 
-def is_main_process() -> bool:
-    try:
-        from accelerate import PartialState
+def distributed_state():
+    """accelerate's process state, created the way the Trainer will create it (``cpu=True``
+    without CUDA, so that several CPU processes join one gloo group instead of each believing
+    it is alone)."""
+    import torch
+    from accelerate import PartialState
 
-        return PartialState().is_main_process
-    except Exception:  # accelerate not initialised: a plain single process
-        return int(os.environ.get("RANK", "0")) == 0
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def is_main_process() -> bool:
+    return distributed_state().is_main_process
 
 
 def wait_for_everyone() -> None:
-    try:
-        from accelerate import PartialState
-
-        PartialState().wait_for_everyone()
-    except Exception:
-        pass
+    distributed_state().wait_for_everyone()
 
 
 def read_manifest(path: str | Path) -> dict[str, Any] | None:
