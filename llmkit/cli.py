@@ -1,6 +1,6 @@
 """`llmkit <command>`: one sub-command per stage plus run, ls and merge.
 
-    llmkit tokenizer|pretrain|sft --config FILE.yaml [--overwrite] [--key value ...]
+    llmkit tokenizer|pretrain|sft|reward|dpo|ppo|grpo --config FILE.yaml [--overwrite] [--key value ...]
     llmkit <stage> --help                 every key with its default
     llmkit run RECIPE_DIR [--force] [--from STAGE]
     llmkit ls [RECIPES_DIR]
@@ -24,6 +24,10 @@ STAGES = {
     "tokenizer": "llmkit.stages.tokenizer",
     "pretrain": "llmkit.stages.pretrain",
     "sft": "llmkit.stages.sft",
+    "reward": "llmkit.stages.reward",
+    "dpo": "llmkit.stages.dpo",
+    "ppo": "llmkit.stages.ppo",
+    "grpo": "llmkit.stages.grpo",
 }
 
 
