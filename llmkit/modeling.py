@@ -263,3 +263,59 @@ def merge_adapter_run(adapter: str, output_dir: str, dtype: str = "bfloat16", ov
     out = runs.finalize(staging, output_dir, manifest)
     print(f"llmkit merge: {adapter} + {base} -> {out} ({dtype})")
     return out
+
+
+def load_merged(model_args, trust_remote_code: bool = False, model_cls=None, **extra):
+    """Load ``model_name_or_path`` as a plain model: a LoRA run directory is folded into its
+    base (so the result *is* the fine-tuned model, e.g. the SFT policy that DPO/GRPO/PPO start
+    from and compare against).  ``model_cls`` defaults to AutoModelForCausalLM; the reward stage
+    passes AutoModelForSequenceClassification."""
+    from transformers import AutoModelForCausalLM
+
+    model_cls = model_cls or AutoModelForCausalLM
+    path = model_args.model_name_or_path
+    check_model_source(path)
+    kwargs = model_init_kwargs(model_args, trust_remote_code)
+    if is_adapter_dir(path) and "quantization_config" in kwargs:
+        raise LlmkitError(f"{path} is a LoRA run: merge it first (`llmkit merge {path} --output_dir ...`) to train on it in 4/8 bit")
+    try:
+        if is_adapter_dir(path):
+            from peft import PeftConfig, PeftModel
+
+            base = model_cls.from_pretrained(adapter_base(path), **kwargs, **extra)
+            adapter_cfg = PeftConfig.from_pretrained(path)
+            adapter_cfg.task_type = None  # a causal-LM adapter also applies to the same backbone under another head
+            merged = PeftModel.from_pretrained(base, path, config=adapter_cfg).merge_and_unload()
+            return merged.requires_grad_(True)  # PEFT froze the base weights while loading
+        return model_cls.from_pretrained(path, **kwargs, **extra)
+    except (OSError, ValueError) as exc:
+        raise LlmkitError(f"cannot load model {path}: {_first_line(exc)}") from None
+
+
+def prompt_text(tokenizer, prompt) -> str:
+    """A prompt (plain text or chat messages) as the text the model continues."""
+    if isinstance(prompt, list):
+        return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    return prompt
+
+
+def generate_completions(model, tokenizer, prompts: list, max_new_tokens: int, batch_size: int = 16) -> list[str]:
+    """Greedy completions for prompts (text or chat messages), batched with left padding."""
+    import torch
+
+    texts = [prompt_text(tokenizer, p) for p in prompts]
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    out: list[str] = []
+    was_training = model.training
+    model.eval()
+    try:
+        for i in range(0, len(texts), batch_size):
+            enc = tokenizer(texts[i : i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+            with torch.no_grad():
+                gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+            out += tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+    return [t.strip() for t in out]

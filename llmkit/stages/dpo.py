@@ -1,0 +1,151 @@
+"""Stage `dpo`: direct preference optimisation with TRL's DPOTrainer over an SFT run.
+
+config -> validate (pairs with `chosen`/`rejected`, optional `prompt`; TRL loss variant via
+`loss_type`) -> policy = the SFT run (a LoRA run is folded into its base) -> reference = the
+same SFT model: with `use_peft` the new adapter is simply disabled, otherwise a second frozen
+copy is loaded from the SFT run (never rebuilt from `config._name_or_path`) -> DPOTrainer ->
+held-out preference accuracy (policy log-prob of chosen > rejected) and implicit-reward margin,
+before and after -> run directory.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trl import DPOConfig, ModelConfig
+
+from llmkit import data, modeling, runs
+from llmkit.config import LlmkitError, StageConfig
+from llmkit.stages import common
+
+STAGE = "dpo"
+
+
+@dataclass
+class DpoArgs:
+    datasets: list = field(default_factory=list, metadata={"help": "Preference pairs: 'chosen'/'rejected' (+ optional 'prompt'), conversational or plain."})
+    eval_datasets: list = field(default_factory=list, metadata={"help": "Held-out pairs; if empty, eval_split_size of the data is held out."})
+    eval_split_size: float = field(default=0.05, metadata={"help": "Fraction (<1) or count (>=1) held out when eval_datasets is empty."})
+    tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "Tokenizer; default: the SFT run's."})
+
+
+CLASSES = [DpoArgs, ModelConfig, DPOConfig]
+DOC = __doc__
+
+
+def defaults(explicit: dict) -> dict:
+    return common.trainer_defaults(explicit, {"eval_strategy": "steps", "eval_steps": 100})
+
+
+def split_pair(tokenizer, row: dict) -> tuple[str, str, str]:
+    """(prompt text, chosen completion text, rejected completion text) as the policy sees them."""
+    prompt, chosen, rejected = row.get("prompt"), row["chosen"], row["rejected"]
+    if isinstance(chosen, list):
+        msgs = prompt if isinstance(prompt, list) else ([{"role": "user", "content": prompt}] if prompt else [])
+        p = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        full = [tokenizer.apply_chat_template(msgs + c, tokenize=False) for c in (chosen, rejected)]
+        return p, full[0][len(p):], full[1][len(p):]
+    return prompt or "", chosen, rejected
+
+
+def completion_logps(model, tokenizer, prompts: list[str], completions: list[str]) -> list[float]:
+    """Sum of log-probabilities of each completion given its prompt."""
+    import torch
+
+    out = []
+    model.eval()
+    for p, c in zip(prompts, completions):
+        p_ids = tokenizer(p, add_special_tokens=False)["input_ids"]
+        c_ids = tokenizer(c, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([p_ids + c_ids], device=model.device)
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0, len(p_ids) - 1 : -1].float()
+        logps = torch.log_softmax(logits, -1).gather(-1, ids[0, len(p_ids):, None])
+        out.append(logps.sum().item())
+    return out
+
+
+def preference_metrics(policy, tokenizer, rows: list[dict], beta: float, ref=None) -> dict[str, float]:
+    """Preference accuracy of the policy, and DPO's implicit reward accuracy/margin against the
+    reference (``ref``, or the policy with its LoRA adapter disabled when ``ref`` is None)."""
+    import contextlib
+
+    p, c, r = (list(x) for x in zip(*(split_pair(tokenizer, row) for row in rows)))
+    pc, pr = completion_logps(policy, tokenizer, p, c), completion_logps(policy, tokenizer, p, r)
+    ref_model = ref if ref is not None else policy
+    with policy.disable_adapter() if ref is None else contextlib.nullcontext():
+        rc, rr = completion_logps(ref_model, tokenizer, p, c), completion_logps(ref_model, tokenizer, p, r)
+    margins = [beta * ((a - b) - (d - e)) for a, b, d, e in zip(pc, rc, pr, rr)]
+    n = len(rows)
+    return {
+        "preference_accuracy": sum(x > y for x, y in zip(pc, pr)) / n,
+        "implicit_reward_accuracy": sum(m > 0 for m in margins) / n,
+        "implicit_reward_margin": sum(margins) / n,
+    }
+
+
+def main(cfg: StageConfig, overwrite: bool = False) -> Path:
+    started = time.time()
+    a: DpoArgs = cfg.get(DpoArgs)
+    margs: ModelConfig = cfg.get(ModelConfig)
+    dargs: DPOConfig = cfg.get(DPOConfig)
+
+    common.check_training_args(dargs, cfg)
+    modeling.check_model_args(margs, cfg.source)
+    modeling.check_model_source(margs.model_name_or_path, "policy (model_name_or_path)")
+    if dargs.beta <= 0:
+        raise LlmkitError(f"{cfg.source}: beta must be positive, got {dargs.beta}")
+    if (margs.load_in_4bit or margs.load_in_8bit) and not margs.use_peft:
+        raise LlmkitError(f"{cfg.source}: load_in_4bit/load_in_8bit trains adapters only: set use_peft: true")
+    lora = modeling.peft_config(margs)
+    tok_path = a.tokenizer_name_or_path or margs.model_name_or_path
+    tokenizer = modeling.load_tokenizer(tok_path)
+    runs.check_output_dir(dargs.output_dir, overwrite)
+    rows, provenance = data.load_rows(a.datasets, "preference", dargs.seed)
+    eval_rows, eval_prov = data.load_rows(a.eval_datasets, "preference", dargs.seed, "eval_datasets") if a.eval_datasets else ([], [])
+    train_ds, eval_ds = data.train_eval_split(rows, eval_rows, a.eval_split_size, dargs.seed)
+
+    from transformers import set_seed
+    from transformers.trainer_utils import IntervalStrategy
+    from trl import DPOTrainer
+
+    set_seed(dargs.seed)
+    policy = modeling.load_merged(margs, dargs.trust_remote_code)
+    modeling.check_lora_targets(policy, lora, cfg.source)
+    ref = None if lora is not None else modeling.load_merged(margs, dargs.trust_remote_code).eval().requires_grad_(False)
+
+    staging = runs.open_staging(dargs.output_dir, cfg, STAGE, overwrite)
+    output_dir = dargs.output_dir
+    common.point_trainer_at_staging(dargs, staging)
+    if eval_ds is None:
+        dargs.eval_strategy = IntervalStrategy.NO
+    trainer = DPOTrainer(
+        model=policy,
+        ref_model=ref,
+        args=dargs,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        peft_config=lora,
+        callbacks=[runs.make_metrics_callback(staging / "metrics.jsonl")],
+    )
+    metrics: dict = {"train_pairs": len(train_ds), "mode": "lora" if lora else "full", "loss_type": dargs.loss_type}
+    held = eval_ds.to_list()[:200] if eval_ds is not None else []
+
+    if held:
+        before = preference_metrics(trainer.model, tokenizer, held, dargs.beta, ref=trainer.model)
+        metrics["preference_accuracy_before"] = before["preference_accuracy"]
+    result = common.train(trainer, staging)
+    metrics["train_loss"] = result.training_loss
+    if held:
+        metrics.update(preference_metrics(trainer.accelerator.unwrap_model(trainer.model), tokenizer, held, dargs.beta, ref=ref))
+        metrics["eval_pairs"] = len(held)
+    trainer.save_model(str(staging))
+    if runs.is_main_process():
+        tokenizer.save_pretrained(staging)
+    inputs = {"policy": margs.model_name_or_path, "reference": margs.model_name_or_path, "tokenizer": tok_path,
+              "datasets": provenance, "eval_datasets": eval_prov}
+    return common.finish_training_stage(STAGE, cfg, staging, output_dir, started, inputs, metrics, trainer.state.global_step,
+                                        plot_keys=("loss", "eval_loss", "rewards/margins", "rewards/accuracies"))

@@ -1,0 +1,164 @@
+"""Stage `grpo`: reasoning RL with verifiable rewards, TRL's GRPOTrainer.
+
+config -> validate (prompts, reward function names from llmkit.rewards, the columns they need,
+num_generations dividing the generation batch, reward model) -> policy = the SFT run (a LoRA
+run is folded into its base; with `use_peft` a new adapter is trained and disabling it gives
+the reference; for full training with beta > 0 the merged SFT model is written to the staging
+directory so that TRL rebuilds the reference from it, not from a base checkpoint) -> rewards:
+named functions (+ a reward-stage model as one more reward, which reads decoded text) ->
+GRPOTrainer, generating with transformers or vLLM (`use_vllm`, colocate or server) -> greedy
+answer accuracy on held-out problems before and after -> run directory.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trl import GRPOConfig, ModelConfig
+
+from llmkit import data, modeling, runs
+from llmkit.config import LlmkitError, StageConfig
+from llmkit.stages import common
+
+STAGE = "grpo"
+
+
+@dataclass
+class GrpoArgs:
+    datasets: list = field(default_factory=list, metadata={"help": "Prompts ('prompt', text or chat) plus the columns the rewards need (e.g. 'answer')."})
+    eval_datasets: list = field(default_factory=list, metadata={"help": "Held-out problems for accuracy before/after; if empty, eval_split_size is held out."})
+    eval_split_size: float = field(default=0.05, metadata={"help": "Fraction (<1) or count (>=1) held out when eval_datasets is empty."})
+    eval_limit: int = field(default=200, metadata={"help": "At most this many held-out problems are scored before and after."})
+    eval_max_new_tokens: int = field(default=64, metadata={"help": "Token budget of the greedy held-out answers."})
+    reward_funcs: list = field(default_factory=lambda: ["math_accuracy", "format"], metadata={"help": "Names from llmkit.rewards (math_accuracy, format, spanish, length)."})
+    reward_model_path: str | None = field(default=None, metadata={"help": "A reward-stage run used as one more reward (reads decoded text)."})
+    tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "Tokenizer; default: the SFT run's."})
+
+
+CLASSES = [GrpoArgs, ModelConfig, GRPOConfig]
+DOC = __doc__
+
+
+def defaults(explicit: dict) -> dict:
+    return common.trainer_defaults(explicit, {"learning_rate": 1e-5, "save_steps": 100})
+
+
+def check_generation_batch(gargs: GRPOConfig, cfg: StageConfig) -> None:
+    world = runs.distributed_state().num_processes
+    steps = gargs.steps_per_generation or gargs.gradient_accumulation_steps
+    batch = gargs.generation_batch_size or gargs.per_device_train_batch_size * world * steps
+    if gargs.num_generations < 2:
+        raise LlmkitError(f"{cfg.source}: num_generations must be at least 2 (GRPO compares completions of one prompt)")
+    if batch % gargs.num_generations:
+        raise LlmkitError(
+            f"{cfg.source}: num_generations={gargs.num_generations} does not divide the generation batch of {batch} "
+            f"(per_device_train_batch_size {gargs.per_device_train_batch_size} x {world} processes x {steps} steps_per_generation); "
+            "change one of them"
+        )
+
+
+def evaluate(model, tokenizer, rows: list[dict], funcs, max_new_tokens: int) -> dict[str, float]:
+    """Mean of every reward function over greedy answers to held-out prompts."""
+    completions = modeling.generate_completions(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens)
+    if isinstance(rows[0]["prompt"], list):
+        completions = [[{"role": "assistant", "content": c}] for c in completions]
+    extra = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"}
+    out = {}
+    for f in funcs:
+        scores = [s for s in f(prompts=[r["prompt"] for r in rows], completions=completions, **extra) if s is not None]
+        out[f.__name__] = sum(scores) / max(len(scores), 1)
+    return out
+
+
+def main(cfg: StageConfig, overwrite: bool = False) -> Path:
+    from llmkit.rewards import get_reward_functions
+
+    started = time.time()
+    a: GrpoArgs = cfg.get(GrpoArgs)
+    margs: ModelConfig = cfg.get(ModelConfig)
+    gargs: GRPOConfig = cfg.get(GRPOConfig)
+
+    common.check_training_args(gargs, cfg)
+    modeling.check_model_args(margs, cfg.source)
+    modeling.check_model_source(margs.model_name_or_path, "policy (model_name_or_path)")
+    check_generation_batch(gargs, cfg)
+    if not a.reward_funcs and not a.reward_model_path:
+        raise LlmkitError(f"{cfg.source}: GRPO needs reward_funcs and/or reward_model_path")
+    funcs = get_reward_functions(list(a.reward_funcs))
+    if a.reward_model_path:
+        modeling.check_model_source(a.reward_model_path, "reward model (reward_model_path)")
+    n_rewards = len(funcs) + bool(a.reward_model_path)
+    if gargs.reward_weights is not None and len(gargs.reward_weights) != n_rewards:
+        raise LlmkitError(f"{cfg.source}: reward_weights has {len(gargs.reward_weights)} entries for {n_rewards} rewards")
+    if gargs.use_vllm:
+        try:
+            import vllm  # noqa: F401
+        except ImportError:
+            raise LlmkitError(f"{cfg.source}: use_vllm needs vLLM (pip install 'llmkit[gpu]'); or set use_vllm: false") from None
+    if (margs.load_in_4bit or margs.load_in_8bit) and not margs.use_peft:
+        raise LlmkitError(f"{cfg.source}: load_in_4bit/load_in_8bit trains adapters only: set use_peft: true")
+    lora = modeling.peft_config(margs)
+    tok_path = a.tokenizer_name_or_path or margs.model_name_or_path
+    tokenizer = modeling.load_tokenizer(tok_path)
+    runs.check_output_dir(gargs.output_dir, overwrite)
+    rows, provenance = data.load_rows(a.datasets, "prompt", gargs.seed)
+    eval_rows, eval_prov = data.load_rows(a.eval_datasets, "prompt", gargs.seed, "eval_datasets") if a.eval_datasets else ([], [])
+    for f in funcs:  # a reward that needs a missing column fails here, on one row, not mid-run
+        f(prompts=[rows[0]["prompt"]], completions=["La respuesta es 0."], **{k: [v] for k, v in rows[0].items() if k != "prompt"})
+    train_ds, eval_ds = data.train_eval_split(rows, eval_rows, a.eval_split_size, gargs.seed)
+
+    from transformers import AutoModelForSequenceClassification, set_seed
+    from trl import GRPOTrainer
+
+    set_seed(gargs.seed)
+    policy = modeling.load_merged(margs, gargs.trust_remote_code)
+    modeling.check_lora_targets(policy, lora, cfg.source)
+    reward_list: list = list(funcs)
+    reward_tokenizers: list = [None] * len(funcs)
+    if a.reward_model_path:
+        rm = AutoModelForSequenceClassification.from_pretrained(a.reward_model_path, num_labels=1)
+        rm_tok = modeling.load_tokenizer(a.reward_model_path)
+        rm.config.pad_token_id = rm_tok.pad_token_id
+        reward_list.append(rm)
+        reward_tokenizers.append(rm_tok)
+
+    staging = runs.open_staging(gargs.output_dir, cfg, STAGE, overwrite)
+    output_dir = gargs.output_dir
+    common.point_trainer_at_staging(gargs, staging)
+    merged_ref = staging / "reference_model"
+    if lora is None and gargs.beta > 0 and modeling.is_adapter_dir(margs.model_name_or_path):
+        if runs.is_main_process():
+            policy.save_pretrained(merged_ref)
+        runs.wait_for_everyone()
+        policy.config._name_or_path = str(merged_ref)  # TRL rebuilds the reference from this path
+    trainer = GRPOTrainer(
+        model=policy,
+        reward_funcs=reward_list,
+        args=gargs,
+        train_dataset=train_ds,
+        processing_class=tokenizer,
+        reward_processing_classes=reward_tokenizers if a.reward_model_path else None,
+        peft_config=lora,
+        callbacks=[runs.make_metrics_callback(staging / "metrics.jsonl")],
+    )
+    metrics: dict = {"train_prompts": len(train_ds), "mode": "lora" if lora else "full", "rewards": [f.__name__ for f in funcs]}
+    held = eval_ds.to_list()[: a.eval_limit] if eval_ds is not None else []
+    if held and runs.is_main_process():
+        metrics.update({f"eval_{k}_before": v for k, v in evaluate(trainer.model, tokenizer, held, funcs, a.eval_max_new_tokens).items()})
+    result = common.train(trainer, staging)
+    metrics["train_loss"] = result.training_loss
+    if held and runs.is_main_process():
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        metrics.update({f"eval_{k}": v for k, v in evaluate(model, tokenizer, held, funcs, a.eval_max_new_tokens).items()})
+        metrics["eval_prompts"] = len(held)
+    trainer.save_model(str(staging))
+    if runs.is_main_process():
+        tokenizer.save_pretrained(staging)
+        shutil.rmtree(merged_ref, ignore_errors=True)
+    inputs = {"policy": margs.model_name_or_path, "reward_funcs": list(a.reward_funcs), "reward_model": a.reward_model_path,
+              "tokenizer": tok_path, "datasets": provenance, "eval_datasets": eval_prov}
+    return common.finish_training_stage(STAGE, cfg, staging, output_dir, started, inputs, metrics, trainer.state.global_step,
+                                        plot_keys=("reward", "reward_std", "kl"))

@@ -1,0 +1,140 @@
+"""Stage `reward`: train a reward model on preference pairs with TRL's RewardTrainer.
+
+config -> validate (pairs have `chosen`/`rejected`, optional `prompt`, conversational or
+plain; every local row checked) -> sequence-classification model (one score) on an SFT run
+or any causal LM (a LoRA run is folded into its base first) -> RewardTrainer (full or LoRA)
+-> pairwise accuracy and mean margin on held-out pairs, before and after -> save a *full*
+AutoModelForSequenceClassification (LoRA is merged at the end) + tokenizer, so the PPO stage
+and GRPO (as one more reward) load it with from_pretrained.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trl import ModelConfig, RewardConfig
+
+from llmkit import data, modeling, runs
+from llmkit.config import LlmkitError, StageConfig
+from llmkit.stages import common
+
+STAGE = "reward"
+
+
+@dataclass
+class RewardArgs:
+    datasets: list = field(default_factory=list, metadata={"help": "Preference pairs: 'chosen'/'rejected' (+ optional 'prompt'), conversational or plain."})
+    eval_datasets: list = field(default_factory=list, metadata={"help": "Held-out pairs; if empty, eval_split_size of the data is held out."})
+    eval_split_size: float = field(default=0.05, metadata={"help": "Fraction (<1) or count (>=1) held out when eval_datasets is empty."})
+    tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "Tokenizer; default: the model's (or the adapter run's)."})
+
+
+CLASSES = [RewardArgs, ModelConfig, RewardConfig]
+DOC = __doc__
+
+
+def defaults(explicit: dict) -> dict:
+    return common.trainer_defaults(explicit, {"eval_strategy": "steps", "eval_steps": 100, "lora_task_type": "SEQ_CLS", "learning_rate": 1e-4})
+
+
+def pair_texts(tokenizer, row: dict) -> tuple[str, str]:
+    """The full chosen and rejected sequences as the reward model reads them."""
+    prompt = row.get("prompt")
+    out = []
+    for col in ("chosen", "rejected"):
+        ans = row[col]
+        if isinstance(ans, list):
+            msgs = (prompt if isinstance(prompt, list) else ([{"role": "user", "content": prompt}] if prompt else [])) + ans
+            out.append(tokenizer.apply_chat_template(msgs, tokenize=False))
+        else:
+            out.append((prompt or "") + ans)
+    return out[0], out[1]
+
+
+def score(model, tokenizer, texts: list[str], batch_size: int = 16) -> list[float]:
+    import torch
+
+    model.eval()
+    scores: list[float] = []
+    for i in range(0, len(texts), batch_size):
+        enc = tokenizer(texts[i : i + batch_size], return_tensors="pt", padding=True, truncation=True, add_special_tokens=False).to(model.device)
+        with torch.no_grad():
+            scores += model(**enc).logits[:, 0].float().tolist()
+    return scores
+
+
+def pairwise(model, tokenizer, rows: list[dict]) -> dict[str, float]:
+    """Accuracy (chosen scored above rejected) and mean margin over held-out pairs."""
+    chosen, rejected = zip(*(pair_texts(tokenizer, r) for r in rows))
+    sc, sr = score(model, tokenizer, list(chosen)), score(model, tokenizer, list(rejected))
+    diffs = [c - r for c, r in zip(sc, sr)]
+    return {"pairwise_accuracy": sum(d > 0 for d in diffs) / len(diffs), "margin": sum(diffs) / len(diffs)}
+
+
+def main(cfg: StageConfig, overwrite: bool = False) -> Path:
+    started = time.time()
+    a: RewardArgs = cfg.get(RewardArgs)
+    margs: ModelConfig = cfg.get(ModelConfig)
+    rargs: RewardConfig = cfg.get(RewardConfig)
+
+    common.check_training_args(rargs, cfg)
+    modeling.check_model_args(margs, cfg.source)
+    modeling.check_model_source(margs.model_name_or_path)
+    if (margs.load_in_4bit or margs.load_in_8bit) and not margs.use_peft:
+        raise LlmkitError(f"{cfg.source}: load_in_4bit/load_in_8bit trains adapters only: set use_peft: true")
+    lora = modeling.peft_config(margs)
+    if lora is not None and margs.lora_task_type != "SEQ_CLS":
+        raise LlmkitError(f"{cfg.source}: a reward model's LoRA needs lora_task_type: SEQ_CLS (got {margs.lora_task_type})")
+    tok_path = a.tokenizer_name_or_path or margs.model_name_or_path
+    tokenizer = modeling.load_tokenizer(tok_path)
+    runs.check_output_dir(rargs.output_dir, overwrite)
+    rows, provenance = data.load_rows(a.datasets, "preference", rargs.seed)
+    eval_rows, eval_prov = data.load_rows(a.eval_datasets, "preference", rargs.seed, "eval_datasets") if a.eval_datasets else ([], [])
+    if any(isinstance(r["chosen"], list) for r in rows[:10]) and not tokenizer.chat_template:
+        raise LlmkitError(f"{cfg.source}: conversational pairs need a chat template; the tokenizer has none")
+    train_ds, eval_ds = data.train_eval_split(rows, eval_rows, a.eval_split_size, rargs.seed)
+
+    from transformers import AutoModelForSequenceClassification, set_seed
+    from transformers.trainer_utils import IntervalStrategy
+    from trl import RewardTrainer
+
+    set_seed(rargs.seed)
+    model = modeling.load_merged(margs, rargs.trust_remote_code, AutoModelForSequenceClassification, num_labels=1)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    modeling.check_lora_targets(model, lora, cfg.source)
+
+    staging = runs.open_staging(rargs.output_dir, cfg, STAGE, overwrite)
+    output_dir = rargs.output_dir
+    common.point_trainer_at_staging(rargs, staging)
+    if eval_ds is None:
+        rargs.eval_strategy = IntervalStrategy.NO
+    trainer = RewardTrainer(
+        model=model,
+        args=rargs,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        peft_config=lora,
+        callbacks=[runs.make_metrics_callback(staging / "metrics.jsonl")],
+    )
+    metrics: dict = {"train_pairs": len(train_ds), "mode": "lora" if lora else "full"}
+    held = eval_ds.to_list() if eval_ds is not None else []
+    if held:
+        before = pairwise(trainer.model, tokenizer, held)
+        metrics.update({f"{k}_before": v for k, v in before.items()})
+    result = common.train(trainer, staging)
+    metrics["train_loss"] = result.training_loss
+    final = trainer.model
+    if lora is not None:
+        final = trainer.accelerator.unwrap_model(final).merge_and_unload()
+    if held:
+        metrics.update(pairwise(final, tokenizer, held))
+        metrics["eval_pairs"] = len(held)
+    if runs.is_main_process():
+        trainer.accelerator.unwrap_model(final).save_pretrained(staging) if lora is None else final.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+    inputs = {"model": margs.model_name_or_path, "tokenizer": tok_path, "datasets": provenance, "eval_datasets": eval_prov}
+    return common.finish_training_stage(STAGE, cfg, staging, output_dir, started, inputs, metrics, trainer.state.global_step,
+                                        plot_keys=("loss", "eval_loss", "accuracy", "eval_accuracy"))
