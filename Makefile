@@ -12,6 +12,7 @@ NUM_MACHINES ?= 1
 MAIN_PROCESS_IP ?=
 ARGS ?=
 FORCE ?=
+ALGO ?= dpo
 # GPU extras when a GPU is present (or GPU=1)
 GPU ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
@@ -30,7 +31,7 @@ endif
 
 STAMP := $(VENV)/.llmkit-installed$(if $(GPU),-gpu)
 
-.PHONY: help setup test demo data data-check lint tokenizer pretrain sft run ls merge clean
+.PHONY: help setup test demo data data-check lint tokenizer pretrain sft reward rlhf run ls merge clean
 .DEFAULT_GOAL := help
 
 help: ## list the targets
@@ -55,7 +56,7 @@ test: setup ## run the test suite (CPU, offline)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q tests $(ARGS)
 
 demo: setup ## the embedded default: tokenizer -> pretrain -> sft on CPU in a few minutes
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/llmkit run recipes/tiny-es $(if $(FORCE),--force)
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/llmkit run recipes/tiny-es --target sft $(if $(FORCE),--force)
 
 data: setup ## rebuild data/ deterministically (byte for byte)
 	$(BIN)/python data/make_data.py
@@ -74,6 +75,12 @@ pretrain: setup ## pretrain (or continue pretraining) the recipe's model
 
 sft: setup ## supervised fine-tuning (full, LoRA or QLoRA per the recipe)
 	$(LAUNCH) sft --config recipes/$(RECIPE)/$(or $(SFT_CONFIG),sft.yaml) $(ARGS)
+
+rlhf: setup ## ALGO=dpo|grpo|ppo: the stages that algorithm needs (sft, reward for ppo), then it
+	$(LAUNCH) run recipes/$(RECIPE) --target $(ALGO) $(if $(FORCE),--force) $(ARGS)
+
+reward: setup ## train the recipe's reward model
+	$(LAUNCH) reward --config recipes/$(RECIPE)/reward.yaml $(ARGS)
 
 run: setup ## the recipe's whole pipeline.yaml, skipping finished stages
 	$(LAUNCH) run recipes/$(RECIPE) $(if $(FORCE),--force) $(ARGS)

@@ -2,7 +2,7 @@
 
     llmkit tokenizer|pretrain|sft|reward|dpo|ppo|grpo --config FILE.yaml [--overwrite] [--key value ...]
     llmkit <stage> --help                 every key with its default
-    llmkit run RECIPE_DIR [--force] [--from STAGE]
+    llmkit run RECIPE_DIR [--force] [--from STAGE] [--target STAGE]
     llmkit ls [RECIPES_DIR]
     llmkit merge ADAPTER_RUN --output_dir DIR [--dtype bfloat16] [--overwrite]
 
@@ -84,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("recipe", help="recipe directory (holding pipeline.yaml)")
     r.add_argument("--force", action="store_true", help="redo every stage, replacing finished runs")
     r.add_argument("--from", dest="from_stage", help="redo from this stage on")
+    r.add_argument("--target", help="run only this stage and the stages it reads from")
     ls_ = sub.add_parser("ls", help="list recipes, their stages and what has been run")
     ls_.add_argument("recipes_dir", nargs="?", default="recipes")
     m = sub.add_parser("merge", help="merge a LoRA adapter run into its base and save a standalone model")
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             from llmkit.pipeline import run_recipe
 
-            run_recipe(args.recipe, force=args.force, from_stage=args.from_stage)
+            run_recipe(args.recipe, force=args.force, from_stage=args.from_stage, target=args.target)
             return 0
         if args.command == "ls":
             from llmkit.pipeline import list_recipes

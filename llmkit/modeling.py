@@ -299,6 +299,14 @@ def prompt_text(tokenizer, prompt) -> str:
     return prompt
 
 
+def stop_token_ids(tokenizer) -> list[int]:
+    """EOS plus the ChatML end-of-turn token when the vocabulary has it."""
+    ids = {tokenizer.eos_token_id}
+    if "<|im_end|>" in tokenizer.get_vocab():
+        ids.add(tokenizer.convert_tokens_to_ids("<|im_end|>"))
+    return sorted(i for i in ids if i is not None)
+
+
 def generate_completions(model, tokenizer, prompts: list, max_new_tokens: int, batch_size: int = 16) -> list[str]:
     """Greedy completions for prompts (text or chat messages), batched with left padding."""
     import torch
@@ -313,7 +321,8 @@ def generate_completions(model, tokenizer, prompts: list, max_new_tokens: int, b
         for i in range(0, len(texts), batch_size):
             enc = tokenizer(texts[i : i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
             with torch.no_grad():
-                gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+                gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                                     eos_token_id=stop_token_ids(tokenizer))
             out += tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
     finally:
         tokenizer.padding_side = side

@@ -10,7 +10,8 @@ pipeline.yaml::
 
 Every stage config is checked before the first stage starts.  A stage whose output directory
 holds a finished run made with the same config is skipped; an unfinished one resumes from its
-last checkpoint; once a stage has run, every later stage runs again (its input changed).
+last checkpoint; once a stage has run, every later stage runs again (its input changed).  `--target STAGE` runs only that stage and
+the stages it reads from (found from the configs' paths), e.g. sft -> reward -> ppo.
 """
 
 from __future__ import annotations
@@ -65,13 +66,42 @@ def _output_dir(cfg) -> str:
     raise LlmkitError(f"{cfg.source}: output_dir is required")
 
 
-def run_recipe(recipe: str | Path, force: bool = False, from_stage: str | None = None) -> list[dict[str, Any]]:
+def dependencies(loaded: list[tuple]) -> dict[str, set[str]]:
+    """stage name -> names of the stages whose output directory its config reads.
+
+    Derived from the configs themselves: a stage depends on another when one of its values
+    (model_name_or_path, tokenizer_name_or_path, reward_model_path, ...) is that stage's
+    output_dir.  No separate declaration to keep in sync."""
+    outs = {str(Path(_output_dir(cfg))): s["name"] for s, _, cfg in loaded}
+    deps: dict[str, set[str]] = {}
+    for s, _, cfg in loaded:
+        values = [v for k, v in cfg.explicit.items() if k != "output_dir" and isinstance(v, str)]
+        deps[s["name"]] = {outs[str(Path(v))] for v in values if str(Path(v)) in outs} - {s["name"]}
+    return deps
+
+
+def _closure(target: str, deps: dict[str, set[str]]) -> set[str]:
+    need, todo = set(), [target]
+    while todo:
+        n = todo.pop()
+        if n not in need:
+            need.add(n)
+            todo += deps[n]
+    return need
+
+
+def run_recipe(recipe: str | Path, force: bool = False, from_stage: str | None = None, target: str | None = None) -> list[dict[str, Any]]:
     from llmkit.cli import load_config_for
 
     spec, stages = read_pipeline(recipe)
-    if from_stage and from_stage not in [s["name"] for s in stages]:
-        raise LlmkitError(f"--from {from_stage}: no such stage in {recipe}; stages: {', '.join(s['name'] for s in stages)}")
+    names = [s["name"] for s in stages]
+    for flag, value in (("--from", from_stage), ("--target", target)):
+        if value and value not in names:
+            raise LlmkitError(f"{flag} {value}: no such stage in {recipe}; stages: {', '.join(names)}")
     loaded = [(s, *load_config_for(s["stage"], str(s["config"]), None)) for s in stages]  # fail fast on any config
+    if target:
+        wanted = _closure(target, dependencies(loaded))
+        loaded = [x for x in loaded if x[0]["name"] in wanted]
     summary = []
     redo = force
     for s, mod, cfg in loaded:

@@ -143,8 +143,7 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
 
     set_seed(sargs.seed)
     model = modeling.load_causal_lm(margs, trust_remote_code=sargs.trust_remote_code)
-    end_ids = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")} - {None, tokenizer.unk_token_id}
-    model.generation_config.eos_token_id = sorted(end_ids)
+    model.generation_config.eos_token_id = modeling.stop_token_ids(tokenizer)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     if not modeling.is_adapter_dir(margs.model_name_or_path):
         modeling.check_lora_targets(model, lora, cfg.source)
@@ -179,6 +178,10 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
         metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
     trainer.save_model(str(staging))
     if runs.is_main_process():
+        if layout == "messages" and "<|im_end|>" in (tokenizer.chat_template or "") and not sargs.eos_token:
+            # a chat model ends its answer with the end-of-turn token: make it the EOS that
+            # generate() and the RL trainers stop at (as chat models on the hub do)
+            tokenizer.eos_token = "<|im_end|>"
         tokenizer.save_pretrained(staging)
         samples = generate_samples(trainer.model, tokenizer, sample_rows, layout, a.sample_prompts, a.sample_max_new_tokens)
         if samples:
