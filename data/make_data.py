@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """Generate llmkit's shipped Spanish data sets (deterministic, Python stdlib only, no network).
 
-Writes eight JSONL files next to this script (UTF-8, "\\n" line endings, one JSON object per line,
+Writes ten JSONL files next to this script (UTF-8, "\\n" line endings, one JSON object per line,
 `json.dumps(row, ensure_ascii=False, sort_keys=True)`, column names as TRL expects them):
 
   corpus_train / corpus_heldout.jsonl            {"text"}                         pretraining
   sft_train / sft_heldout.jsonl                  {"messages"}                     supervised fine-tuning
   preferences_train / preferences_heldout.jsonl  {"prompt", "chosen", "rejected"} reward model, DPO, PPO
   math_train / math_test.jsonl                   {"prompt", "answer"}             GRPO (verifiable answers)
+  math_easy_train / math_easy_test.jsonl         {"prompt", "answer"}             GRPO on a tiny model (one step, 1-9)
 
 All text comes from templates and vocabulary lists written by the llmkit authors (below): names,
 cities, countries and capitals (real and invented), nouns with gender and plural, adjectives with
@@ -33,6 +34,7 @@ HERE = Path(__file__).resolve().parent
 CORPUS_TRAIN_BYTES = 1_350_000  # corpus_train.jsonl grows until it reaches this size
 HELDOUT_EVERY = 16              # every 16th unique paragraph goes to corpus_heldout
 N_SFT, N_SFT_HELD, N_PREF, N_PREF_HELD, N_MATH, N_MATH_TEST = 3000, 200, 2000, 200, 2000, 200
+N_EASY, N_EASY_TEST = 1000, 100
 MATH_SUFFIX = "Termina con «La respuesta es N»."
 MATH_TEST_PROMPTS = set()     # filled by build() before anything else is generated
 
@@ -415,9 +417,26 @@ def word_problem(rng):
     return (f"En una granja hay {a} gallinas, {b} vacas y {c} ovejas. ¿Cuántos animales hay en total?",
             [(a, "+", b, a + b), (a + b, "+", c, a + b + c)])
 
-def t_word(rng):
+def easy_problem(rng):
+    """A one-step problem with operands 1-9: within reach of the tiny demo model, so that GRPO
+    has completions of both kinds to compare."""
+    (_, n), (g2, n2) = person(rng), person(rng)
+    n2 = n2 if n2 != n else ("Pedro" if g2 == "m" else "Rosa")
+    X = rng.choice(COUNTABLE)
+    how_many = f"¿{'Cuántos' if X.g == 'm' else 'Cuántas'} {X.pl}"
+    if rng.random() < 0.5:
+        a, b = rng.randint(1, 9), rng.randint(1, 9)
+        return f"{n} tiene {qty(a, X)} y compra {b} más. {how_many} tiene ahora?", [(a, "+", b, a + b)]
+    a = rng.randint(2, 9)
+    b = rng.randint(1, a)
+    return f"{n} tenía {qty(a, X)} y le dio {b} a {n2}. {how_many} le quedan?", [(a, "-", b, a - b)]
+
+def t_word_easy(rng):
+    return t_word(rng, easy_problem)
+
+def t_word(rng, problem=None):
     while True:
-        text, steps = word_problem(rng)
+        text, steps = (problem or word_problem)(rng)
         q = f"{text} {MATH_SUFFIX}"
         if q not in MATH_TEST_PROMPTS:        # never reuse a math_test prompt
             break
@@ -425,7 +444,7 @@ def t_word(rng):
     worked = " ".join(f"{x} {OPW[o]} {y} son {z}." for x, o, y, z in steps)
     return Task(q, f"{worked} {ANS.format(r)}", ANS.format(wrong_num(rng, r)), f"The answer is {r}.", None)
 
-FAMILIES = {t_arith: 22, t_word: 10, t_capital: 12, t_plural: 12, t_number: 12, t_opposite: 10, t_conj: 12, t_greet: 8}
+FAMILIES = {t_arith: 22, t_word: 10, t_word_easy: 8, t_capital: 12, t_plural: 12, t_number: 12, t_opposite: 10, t_conj: 12, t_greet: 8}
 
 def pick_task(rng, skip=()):
     fams = [f for f in FAMILIES if f not in skip]
@@ -626,12 +645,12 @@ def user(q):
 def assistant(a):
     return {"role": "assistant", "content": a}
 
-def make_math(rng):
+def make_math(rng, problem=word_problem, n_train=N_MATH, n_test=N_MATH_TEST):
     def one(rng):
-        text, steps = word_problem(rng)
+        text, steps = problem(rng)
         q = f"{text} {MATH_SUFFIX}"
         return q, {"prompt": [user(q)], "answer": str(steps[-1][3])}
-    return split(rng, N_MATH, N_MATH_TEST, one)
+    return split(rng, n_train, n_test, one)
 
 def make_sft(rng):
     def one(rng):
@@ -656,14 +675,16 @@ def make_prefs(rng):
 
 def build():
     math_train, math_test = make_math(Random(SEED + 4))
+    easy_train, easy_test = make_math(Random(SEED + 5), easy_problem, N_EASY, N_EASY_TEST)
     MATH_TEST_PROMPTS.clear()                 # keep GRPO's test prompts out of the corpus, SFT and preferences
-    MATH_TEST_PROMPTS.update(r["prompt"][0]["content"] for r in math_test)
+    MATH_TEST_PROMPTS.update(r["prompt"][0]["content"] for r in math_test + easy_test)
     corpus_train, corpus_heldout = make_corpus(Random(SEED + 1))
     sft_train, sft_heldout = make_sft(Random(SEED + 2))
     pref_train, pref_heldout = make_prefs(Random(SEED + 3))
     return {"corpus_train.jsonl": corpus_train, "corpus_heldout.jsonl": corpus_heldout, "sft_train.jsonl": sft_train,
             "sft_heldout.jsonl": sft_heldout, "preferences_train.jsonl": pref_train,
-            "preferences_heldout.jsonl": pref_heldout, "math_train.jsonl": math_train, "math_test.jsonl": math_test}
+            "preferences_heldout.jsonl": pref_heldout, "math_train.jsonl": math_train, "math_test.jsonl": math_test,
+            "math_easy_train.jsonl": easy_train, "math_easy_test.jsonl": easy_test}
 
 def write_all(outdir):
     files = build()

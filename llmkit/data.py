@@ -7,7 +7,8 @@ A dataset entry in a recipe is a path/hub id or a mapping::
       - {path: bertin-project/alpaca-spanish, split: train, weight: 0.5, format: alpaca}
 
 ``weight`` samples a fraction (<1) or repeats (>1) a source; ``format`` converts common
-instruction layouts (alpaca, dolly) to TRL's ``messages``; ``columns`` renames columns.  Local
+instruction layouts (alpaca, dolly) to TRL's ``messages`` and GSM8K-style math (question,
+answer ending in ``#### N``) to ``prompt``/``answer``; ``columns`` renames columns.  Local
 JSONL is parsed here line by line so that a malformed row is reported with its line number,
 and every row of a local file (a sample of a hub set) is checked against the schema the
 stage needs before any model is built.
@@ -122,9 +123,11 @@ def _convert(rows: list[dict[str, Any]], spec: dict[str, Any], source: str) -> l
     fmt = spec.get("format")
     if fmt is None:
         return rows
+    if fmt == "gsm8k":
+        return [_gsm8k_row(r, source) for r in rows]
     layouts = {"alpaca": ("instruction", "input", "output"), "dolly": ("instruction", "context", "response")}
     if fmt not in layouts:
-        raise LlmkitError(f"{source}: unknown format {fmt!r}; known: {sorted(layouts)}")
+        raise LlmkitError(f"{source}: unknown format {fmt!r}; known: {sorted(layouts) + ['gsm8k']}")
     ins, ctx, out = layouts[fmt]
     converted = []
     for r in rows:
@@ -136,6 +139,18 @@ def _convert(rows: list[dict[str, Any]], spec: dict[str, Any], source: str) -> l
             {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": r[out]}], "__line__": r.get("__line__")}
         )
     return converted
+
+
+GSM8K_INSTRUCTION = "Razona paso a paso y termina con «La respuesta es N»."
+
+
+def _gsm8k_row(r: dict[str, Any], source: str) -> dict[str, Any]:
+    """GSM8K layout ('question', 'answer' ending in '#### N') -> a chat prompt and the number."""
+    q, a = r.get("question"), r.get("answer")
+    if not isinstance(q, str) or not isinstance(a, str) or "####" not in a:
+        raise LlmkitError(f"{source} row {r.get('__line__', '?')}: format gsm8k needs 'question' and an 'answer' ending in '#### N'")
+    number = a.rsplit("####", 1)[1].strip().replace(",", "")
+    return {"prompt": [{"role": "user", "content": f"{q}\n{GSM8K_INSTRUCTION}"}], "answer": number, "__line__": r.get("__line__")}
 
 
 def load_source(spec: dict[str, Any]) -> tuple[list[dict[str, Any]], str, bool]:
