@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if not argv else 2
     except LlmkitError as exc:
         print(f"llmkit: error: {exc}", file=sys.stderr, flush=True)
-        return 2
+        return getattr(exc, "exit_code", 2)
     except KeyboardInterrupt:
         print("llmkit: interrupted", file=sys.stderr)
         return 130

@@ -75,12 +75,57 @@ def point_trainer_at_staging(args, staging: Path) -> None:
     args.output_dir = str(staging / "checkpoints")
 
 
+class StageInterrupted(LlmkitError):
+    """SIGTERM/SIGINT during training: a checkpoint was saved; the same command resumes."""
+
+    exit_code = 143
+
+
+def _stop_on_signal_callback(flag: dict):
+    from transformers import TrainerCallback
+
+    class StopOnSignal(TrainerCallback):
+        """At the end of the step in which a signal arrived: save a checkpoint and stop."""
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if flag["signal"]:
+                control.should_save = True
+                control.should_training_stop = True
+            return control
+
+    return StopOnSignal()
+
+
 def train(trainer, staging: Path):
-    """Run trainer.train(), resuming from the newest checkpoint of an interrupted run."""
+    """Run trainer.train(), resuming from the newest checkpoint of an interrupted run.
+
+    SIGTERM (a scheduler's pre-emption, `kill`) and SIGINT (Ctrl-C) do not kill the process
+    mid-step: the current step ends, a checkpoint is written, and StageInterrupted is raised
+    so the run directory stays `.partial` and the same command resumes from it."""
+    import signal
+
     resume = last_checkpoint(staging / "checkpoints")
     if resume and runs.is_main_process():
         print(f"llmkit: resuming from {resume}", flush=True)
-    return trainer.train(resume_from_checkpoint=resume)
+    flag = {"signal": None}
+
+    def handler(signum, frame):
+        if flag["signal"]:  # a second signal: stop now
+            raise KeyboardInterrupt
+        flag["signal"] = signal.Signals(signum).name
+        print(f"llmkit: {flag['signal']} received: saving a checkpoint at the end of this step, then stopping", flush=True)
+
+    trainer.add_callback(_stop_on_signal_callback(flag))
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        result = trainer.train(resume_from_checkpoint=resume)
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    if flag["signal"]:
+        ckpt = last_checkpoint(staging / "checkpoints")
+        raise StageInterrupted(f"stopped by {flag['signal']}; checkpoint {ckpt} saved. Run the same command again to resume.")
+    return result
 
 
 def finish_training_stage(
