@@ -213,3 +213,22 @@ def test_gpu_grpo_recipe_runs_one_step(tmp_path, base_model):
                 "--eval_max_new_tokens", "4", "--use_vllm", "false", "--num_generations", "2", "--per_device_train_batch_size", "2",
                 "--max_completion_length", "4", *STAND_IN)
     assert rc == 0 and manifest(out)["steps"] == 1
+
+
+def test_grpo_with_a_reward_model_as_one_more_reward(tmp_path, base_model, math_prompts):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    rm_dir = tmp_path / "rm"
+    rm = AutoModelForSequenceClassification.from_pretrained(base_model, num_labels=1)
+    rm.save_pretrained(rm_dir)
+    AutoTokenizer.from_pretrained(base_model).save_pretrained(rm_dir)
+    out = tmp_path / "grpo"
+    rc = llmkit("grpo", "--output_dir", out, "--model_name_or_path", base_model, "--datasets", f"[{math_prompts[0]}]",
+                "--eval_split_size", "0", "--reward_funcs", "[format]", "--reward_model_path", rm_dir, "--use_peft",
+                "--num_generations", "2", "--per_device_train_batch_size", "4", "--max_completion_length", "6",
+                "--max_steps", "2", "--logging_steps", "1")
+    assert rc == 0
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rm_keys = [k for r in logged for k in r if k.startswith("rewards/") and "format" not in k]
+    assert rm_keys, "the reward model's scores are logged as a reward of their own"
+    assert manifest(out)["inputs"]["reward_model"] == str(rm_dir)
