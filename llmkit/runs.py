@@ -106,12 +106,20 @@ def open_staging(output_dir: str | Path, cfg: StageConfig, stage: str, overwrite
     return staging
 
 
+SECRET_KEYS = {"hub_token", "push_to_hub_token", "token", "api_key", "hub_private_repo_token"}
+
+
+def redact(config: dict[str, Any]) -> dict[str, Any]:
+    """Credentials never reach a file: their values are replaced by '<redacted>'."""
+    return {k: ("<redacted>" if k in SECRET_KEYS and v else v) for k, v in config.items()}
+
+
 def write_configs(directory: Path, cfg: StageConfig) -> None:
     import yaml
 
-    (directory / "config.yaml").write_text(yaml.safe_dump(to_plain(cfg.explicit), sort_keys=False, allow_unicode=True))
+    (directory / "config.yaml").write_text(yaml.safe_dump(redact(to_plain(cfg.explicit)), sort_keys=False, allow_unicode=True))
     (directory / "config_resolved.yaml").write_text(
-        yaml.safe_dump(cfg.resolved(), sort_keys=True, allow_unicode=True, default_flow_style=False)
+        yaml.safe_dump(redact(cfg.resolved()), sort_keys=True, allow_unicode=True, default_flow_style=False)
     )
 
 

@@ -258,3 +258,30 @@ def test_answer_shape_masks_content_not_format(a, b, same):
     from llmkit.stages.sft import answer_shape
 
     assert (answer_shape(a) == answer_shape(b)) is same
+
+
+def test_hub_token_never_written_to_the_run_directory(tmp_path):
+    secret = "hf_SECRETsecretSECRET"
+    from llmkit.config import load_stage_config
+    from llmkit.runs import write_configs
+    from llmkit.stages import sft
+
+    cfg = load_stage_config(sft.CLASSES, None, ["--output_dir", str(tmp_path / "x"), "--hub_token", secret], sft.defaults)
+    write_configs(tmp_path, cfg)
+    for f in ("config.yaml", "config_resolved.yaml"):
+        text = (tmp_path / f).read_text()
+        assert secret not in text and "<redacted>" in text
+
+
+def test_resume_ignores_an_incomplete_newest_checkpoint(tmp_path):
+    """A checkpoint killed mid-write (no trainer_state.json) is never the one resumed from."""
+    from llmkit.stages.common import last_checkpoint
+
+    for step, complete in ((10, True), (20, True), (30, False)):
+        d = tmp_path / f"checkpoint-{step}"
+        d.mkdir()
+        if complete:
+            (d / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-x").mkdir()
+    assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-20")
+    assert last_checkpoint(tmp_path / "missing") is None
