@@ -186,6 +186,9 @@ def test_rl_bad_input(tmp_path, capsys, base_model, prefs, math_prompts):
              "--num_generations", "2", "--per_device_train_batch_size", "2", "--reward_funcs", "[]", expect="reward")
     _refused(capsys, out, "dpo", "--output_dir", out, "--model_name_or_path", base_model, "--datasets", f"[{prefs[0]}]",
              "--beta", "-1", expect="beta")
+    if not torch.cuda.is_available():
+        _refused(capsys, out, "grpo", "--output_dir", out, "--model_name_or_path", base_model, "--datasets", f"[{math_prompts[0]}]",
+                 "--num_generations", "2", "--per_device_train_batch_size", "2", "--use_vllm", "true", expect="use_vllm: false")
 
 
 # --------------------------------------------------------------------------- GPU recipes on a tiny stand-in

