@@ -9,8 +9,9 @@ pipeline.yaml::
       - {name: sft, stage: sft, config: sft.yaml}
 
 Every stage config is checked before the first stage starts.  A stage whose output directory
-holds a finished run made with the same config is skipped; an unfinished one resumes from its
-last checkpoint; once a stage has run, every later stage runs again (its input changed).  `--target STAGE` runs only that stage and
+holds a finished run made with the same config, newer than the runs it reads, is skipped; an
+unfinished one resumes from its last checkpoint; a stage whose input was re-made (in this
+invocation or since it ran) runs again.  `--from STAGE` redoes that stage and every later one.  `--target STAGE` runs only that stage and
 the stages it reads from (found from the configs' paths), e.g. sft -> reward -> ppo.
 """
 
@@ -103,25 +104,34 @@ def run_recipe(recipe: str | Path, force: bool = False, from_stage: str | None =
         wanted = _closure(target, dependencies(loaded))
         loaded = [x for x in loaded if x[0]["name"] in wanted]
     summary = []
-    redo = force
+    deps = dependencies(loaded)
+    finished: dict[str, str] = {}  # stage name -> finished_at of its run as it stands now
+    ran: set[str] = set()
+    redo_rest = force
     for s, mod, cfg in loaded:
-        redo = redo or s["name"] == from_stage
+        name = s["name"]
+        redo_rest = redo_rest or name == from_stage
         out = _output_dir(cfg)
         manifest = runs.read_manifest(out)
-        if manifest and not redo:
+        stale = sorted(d for d in deps.get(name, ()) if d in ran or (manifest and finished.get(d, "") > manifest.get("finished_at", "")))
+        if manifest and not redo_rest and not stale:
             if manifest.get("config_hash") != cfg.hash():
                 raise LlmkitError(
-                    f"stage {s['name']}: {out} was made with a different config than {s['config']}. "
-                    f"Run `llmkit run {recipe} --from {s['name']}` to redo it and what follows."
+                    f"stage {name}: {out} was made with a different config than {s['config']}. "
+                    f"Run `llmkit run {recipe} --from {name}` to redo it and what follows."
                 )
-            print(f"llmkit run: {s['name']}: finished run found in {out}, skipping", flush=True)
+            print(f"llmkit run: {name}: finished run found in {out}, skipping", flush=True)
             summary.append(_row(s, "skipped", manifest, out))
+            finished[name] = manifest.get("finished_at", "")
             continue
-        print(f"\n===== llmkit run: {s['name']} ({s['stage']}, {s['config']}) =====", flush=True)
+        why = f" (its input {', '.join(stale)} is newer)" if stale and manifest else ""
+        print(f"\n===== llmkit run: {name} ({s['stage']}, {s['config']}){why} =====", flush=True)
         t0 = time.time()
         mod.main(cfg, overwrite=manifest is not None)
-        redo = True  # every later stage consumes this one's output
-        summary.append(_row(s, f"ran in {time.time() - t0:.0f}s", runs.read_manifest(out), out))
+        ran.add(name)
+        new = runs.read_manifest(out) or {}
+        finished[name] = new.get("finished_at", "")
+        summary.append(_row(s, f"ran in {time.time() - t0:.0f}s", new, out))
     if runs.is_main_process():
         print_summary(spec.get("name", str(recipe)), summary)
     return summary

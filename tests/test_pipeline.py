@@ -124,3 +124,20 @@ def test_sft_under_accelerate_with_two_cpu_processes(tmp_path, base_model, sft_d
     assert abs(max(row["epoch"] for row in logged) - 0.06) < 1e-3
     assert r.stdout.count("llmkit sft: done") == 1  # only the main process reports and writes
     assert not any(p.name.endswith((".partial", ".tmp")) or ".old-" in p.name for p in tmp_path.iterdir())
+
+
+def test_a_stage_whose_input_was_remade_runs_again(tmp_path, capsys):
+    recipe = make_recipe(tmp_path)
+    runs = tmp_path / "runs"
+    assert llmkit("run", recipe) == 0
+    before = {s: finished_at(runs / s) for s in ("tok", "pre", "sft")}
+    # the user re-makes pretrain by hand (same config)
+    assert llmkit("pretrain", "--config", recipe / "pretrain.yaml", "--overwrite") == 0
+    capsys.readouterr()
+    assert llmkit("run", recipe) == 0
+    out = capsys.readouterr().out
+    assert "(its input pretrain is newer)" in out
+    after = {s: finished_at(runs / s) for s in ("tok", "pre", "sft")}
+    assert after["tok"] == before["tok"]
+    assert after["sft"] != before["sft"]  # re-made on the new pretrain
+    assert out.count("skipping") == 2  # tok and pre
