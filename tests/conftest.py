@@ -89,3 +89,32 @@ def sft_data(tmp_path_factory) -> tuple[Path, Path]:
     train = write_jsonl(d / "train.jsonl", read_jsonl(DATA / "sft_train.jsonl", 400))
     held = write_jsonl(d / "heldout.jsonl", read_jsonl(DATA / "sft_heldout.jsonl", 40))
     return train, held
+
+
+@pytest.fixture(scope="session")
+def peaked_policy(tmp_path_factory, base_model) -> Path:
+    """The tiny random Llama with its output layer scaled up, so that, like a trained model, it
+    puts most of its mass on a few tokens per context (entropy ~2 nats instead of ~6)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("peaked_policy") / "policy"
+    model = AutoModelForCausalLM.from_pretrained(base_model)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(20.0)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(base_model).save_pretrained(out)
+    return out
+
+
+def frac_a_reward(tokenizer_dir: Path):
+    """Share of completion tokens whose text contains 'a' (the stop token counts as one)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    targets = {i for s, i in tok.get_vocab().items() if "a" in s}
+
+    def frac_a(prompts=None, completions=None, completion_ids=None, **kwargs):
+        return [sum(x in targets for x in ids) / max(len(ids), 1) for ids in completion_ids]
+
+    return frac_a

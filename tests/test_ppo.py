@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import REPO, TINY_MODEL, llmkit, read_jsonl, write_jsonl
+from conftest import REPO, TINY_MODEL, frac_a_reward, llmkit, read_jsonl, write_jsonl
 
 from llmkit.stages import ppo_core as core
 
@@ -161,21 +161,6 @@ def prompts(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def peaked_policy(tmp_path_factory, base_model) -> Path:
-    """The tiny random Llama with its output layer scaled up, so that, like a trained model, it
-    puts most of its mass on a few tokens per context (entropy ~2 nats instead of ~6)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    out = tmp_path_factory.mktemp("ppo_policy") / "policy"
-    model = AutoModelForCausalLM.from_pretrained(base_model)
-    with torch.no_grad():
-        model.lm_head.weight.mul_(20.0)
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(base_model).save_pretrained(out)
-    return out
-
-
-@pytest.fixture(scope="module")
 def reward_run(tmp_path_factory, base_model) -> Path:
     """A stand-in reward run: a tiny random sequence classifier (num_labels=1) + the tokenizer."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -207,19 +192,6 @@ def adapter_run(tmp_path_factory, peaked_policy) -> Path:
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(peaked_policy).save_pretrained(out)
     return out
-
-
-def frac_a_reward(tokenizer_dir: Path):
-    """Share of completion tokens whose text contains 'a' (the stop token counts as one)."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    targets = {i for s, i in tok.get_vocab().items() if "a" in s}
-
-    def frac_a(prompts=None, completions=None, completion_ids=None, **kwargs):
-        return [sum(x in targets for x in ids) / max(len(ids), 1) for ids in completion_ids]
-
-    return frac_a
 
 
 def ppo(out: Path, model: Path, data: Path, *extra) -> list:

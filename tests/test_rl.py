@@ -235,3 +235,38 @@ def test_grpo_with_a_reward_model_as_one_more_reward(tmp_path, base_model, math_
     rm_keys = [k for r in logged for k in r if k.startswith("rewards/") and "format" not in k]
     assert rm_keys, "the reward model's scores are logged as a reward of their own"
     assert manifest(out)["inputs"]["reward_model"] == str(rm_dir)
+
+
+def test_gpu_ppo_recipe_runs_one_step(tmp_path, base_model, math_prompts):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    rm_dir = tmp_path / "rm"
+    AutoModelForSequenceClassification.from_pretrained(base_model, num_labels=1).save_pretrained(rm_dir)
+    AutoTokenizer.from_pretrained(base_model).save_pretrained(rm_dir)
+    out = tmp_path / "ppo"
+    rc = llmkit("ppo", "--config", REPO / "recipes/qwen2.5-0.5b-es/ppo.yaml", "--output_dir", out, "--model_name_or_path", base_model,
+                "--reward_model_path", rm_dir, "--datasets", f"[{math_prompts[0]}]", "--eval_datasets", f"[{math_prompts[1]}]",
+                "--max_eval_prompts", "2", "--response_length", "4", "--per_device_train_batch_size", "4", "--num_mini_batches", "2",
+                "--dtype", "float32", "--attn_implementation", "eager", "--bf16", "false", "--max_steps", "1")
+    assert rc == 0 and manifest(out)["steps"] == 1
+
+
+def test_grpo_toy_task_reward_rises(tmp_path, peaked_policy, math_prompts, monkeypatch):
+    """The same toy task as PPO's: score = share of completion tokens containing 'a'. Within a
+    group, completions with more 'a' tokens get positive advantages, so the mean score rises."""
+    from conftest import frac_a_reward
+
+    import llmkit.rewards as rewards
+
+    monkeypatch.setitem(rewards.REWARDS, "frac_a", frac_a_reward(peaked_policy))
+    out = tmp_path / "toy"
+    rc = llmkit("grpo", "--output_dir", out, "--model_name_or_path", peaked_policy, "--datasets", f"[{math_prompts[0]}]",
+                "--eval_datasets", f"[{math_prompts[1]}]", "--eval_max_new_tokens", "8", "--reward_funcs", "[frac_a]",
+                "--num_generations", "8", "--per_device_train_batch_size", "16", "--max_completion_length", "8",
+                "--temperature", "1.0", "--max_steps", "30", "--learning_rate", "3e-4", "--beta", "0.0", "--logging_steps", "1")
+    assert rc == 0
+    reward = [r["reward"] for r in (json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()) if "reward" in r]
+    first, last = sum(reward[:5]) / 5, sum(reward[-5:]) / 5
+    assert last > first + 0.2, reward
+    m = manifest(out)["metrics"]
+    assert m["eval_frac_a"] > m["eval_frac_a_before"]

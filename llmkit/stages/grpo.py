@@ -63,12 +63,13 @@ def check_generation_batch(gargs: GRPOConfig, cfg: StageConfig) -> None:
 def evaluate(model, tokenizer, rows: list[dict], funcs, max_new_tokens: int) -> dict[str, float]:
     """Mean of every reward function over greedy answers to held-out prompts."""
     completions = modeling.generate_completions(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens)
+    ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in completions]
     if isinstance(rows[0]["prompt"], list):
         completions = [[{"role": "assistant", "content": c}] for c in completions]
     extra = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"}
     out = {}
     for f in funcs:
-        scores = [s for s in f(prompts=[r["prompt"] for r in rows], completions=completions, **extra) if s is not None]
+        scores = [s for s in f(prompts=[r["prompt"] for r in rows], completions=completions, completion_ids=ids, **extra) if s is not None]
         out[f.__name__] = sum(scores) / max(len(scores), 1)
     return out
 
@@ -113,8 +114,10 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     runs.check_output_dir(gargs.output_dir, overwrite)
     rows, provenance = data.load_rows(a.datasets, "prompt", gargs.seed)
     eval_rows, eval_prov = data.load_rows(a.eval_datasets, "prompt", gargs.seed, "eval_datasets") if a.eval_datasets else ([], [])
+    probe = "La respuesta es 0."
     for f in funcs:  # a reward that needs a missing column fails here, on one row, not mid-run
-        f(prompts=[rows[0]["prompt"]], completions=["La respuesta es 0."], **{k: [v] for k, v in rows[0].items() if k != "prompt"})
+        f(prompts=[rows[0]["prompt"]], completions=[probe], completion_ids=[tokenizer(probe, add_special_tokens=False)["input_ids"]],
+          **{k: [v] for k, v in rows[0].items() if k != "prompt"})
     train_ds, eval_ds = data.train_eval_split(rows, eval_rows, a.eval_split_size, gargs.seed)
 
     from transformers import AutoModelForSequenceClassification, set_seed
