@@ -142,7 +142,15 @@ def _row(s: dict[str, Any], status: str, manifest: dict[str, Any] | None, out: s
     return {"stage": s["name"], "status": status, "wall_time_s": m.get("wall_time_s"), "steps": m.get("steps"), "metrics": m.get("metrics", {}), "output_dir": out}
 
 
-SHOWN_METRICS = ("fertility", "roundtrip_rate", "eval_ppl_before", "eval_ppl", "eval_loss_before", "eval_loss", "train_loss", "sample_format_match_before", "sample_format_match", "sample_exact_match")
+SHOWN_METRICS = (
+    "fertility", "roundtrip_rate",  # tokenizer
+    "eval_ppl_before", "eval_ppl",  # pretrain
+    "eval_loss_before", "eval_loss", "sample_format_match_before", "sample_format_match",  # sft
+    "pairwise_accuracy_before", "pairwise_accuracy",  # reward
+    "preference_accuracy_before", "preference_accuracy", "implicit_reward_accuracy", "implicit_reward_margin",  # dpo
+    "eval_math_accuracy_reward_before", "eval_math_accuracy_reward",  # grpo
+    "eval_reward_before", "eval_reward", "final_kl",  # ppo
+)
 
 
 def print_summary(title: str, rows: list[dict[str, Any]]) -> None:
