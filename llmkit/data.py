@@ -286,6 +286,13 @@ def load_rows(specs: Any, kind: str, seed: int = 42, key: str = "datasets") -> t
     return all_rows, provenance
 
 
+def load_splits(datasets: Any, eval_datasets: Any, kind: str, seed: int) -> tuple[list[dict], list[dict], dict[str, list]]:
+    """Training rows, held-out rows (empty when no eval_datasets) and their provenance."""
+    rows, prov = load_rows(datasets, kind, seed)
+    eval_rows, eval_prov = load_rows(eval_datasets, kind, seed, "eval_datasets") if eval_datasets else ([], [])
+    return rows, eval_rows, {"datasets": prov, "eval_datasets": eval_prov}
+
+
 def _layout_columns(layout: str, rows: list[dict[str, Any]]) -> list[str]:
     base = {
         "text": ["text"],

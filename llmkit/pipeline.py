@@ -9,7 +9,8 @@ pipeline.yaml::
       - {name: sft, stage: sft, config: sft.yaml}
 
 Every stage config is checked before the first stage starts.  A stage whose output directory
-holds a finished run made with the same config, newer than the runs it reads, is skipped; an
+holds a finished run made with the same config from the input runs as they are now (each
+manifest records the `finished_at` of the runs it read) is skipped; an
 unfinished one resumes from its last checkpoint; a stage whose input was re-made (in this
 invocation or since it ran) runs again.  `--from STAGE` redoes that stage and every later one.  `--target STAGE` runs only that stage and
 the stages it reads from (found from the configs' paths), e.g. sft -> reward -> ppo.
@@ -105,6 +106,12 @@ def run_recipe(recipe: str | Path, force: bool = False, from_stage: str | None =
         loaded = [x for x in loaded if x[0]["name"] in wanted]
     summary = []
     deps = dependencies(loaded)
+    order = {s["name"]: i for i, (s, _, _) in enumerate(loaded)}
+    for name, ds in deps.items():
+        late = sorted(d for d in ds if order[d] > order[name])
+        if late:
+            raise LlmkitError(f"{recipe}/pipeline.yaml: stage {name} reads the output of {', '.join(late)}, listed after it; reorder the stages")
+    outs = {s["name"]: str(Path(_output_dir(cfg))) for s, _, cfg in loaded}
     finished: dict[str, str] = {}  # stage name -> finished_at of its run as it stands now
     ran: set[str] = set()
     redo_rest = force
@@ -113,7 +120,8 @@ def run_recipe(recipe: str | Path, force: bool = False, from_stage: str | None =
         redo_rest = redo_rest or name == from_stage
         out = _output_dir(cfg)
         manifest = runs.read_manifest(out)
-        stale = sorted(d for d in deps.get(name, ()) if d in ran or (manifest and finished.get(d, "") > manifest.get("finished_at", "")))
+        used = (manifest or {}).get("upstream", {})  # the input runs as they were when this run used them
+        stale = sorted(d for d in deps.get(name, ()) if d in ran or (manifest and used.get(outs[d]) != finished.get(d)))
         if manifest and not redo_rest and not stale:
             if manifest.get("config_hash") != cfg.hash():
                 raise LlmkitError(

@@ -157,12 +157,34 @@ def build_manifest(
         "wall_time_s": round(time.time() - started, 2),
         "steps": steps,
         "inputs": to_plain(inputs),
+        "upstream": upstream_runs(inputs),
         "metrics": to_plain(metrics),
         "versions": versions(),
         "git_revision": git_revision(),
         "host": {"python": platform.python_version(), "platform": platform.platform(), "device": device_name()},
         **(extra or {}),
     }
+
+
+def upstream_runs(inputs: Any) -> dict[str, str]:
+    """{run directory: its finished_at} for every llmkit run named among a stage's inputs, so
+    that `llmkit run` can tell when an input was re-made after this run used it."""
+    found: dict[str, str] = {}
+
+    def walk(v: Any) -> None:
+        if isinstance(v, dict):
+            for x in v.values():
+                walk(x)
+        elif isinstance(v, (list, tuple)):
+            for x in v:
+                walk(x)
+        elif isinstance(v, (str, Path)) and str(v) and Path(v).is_dir():
+            m = read_manifest(v)
+            if m:
+                found[str(Path(v))] = m.get("finished_at", "")
+
+    walk(inputs)
+    return found
 
 
 def require_run(path: str | Path, what: str) -> dict[str, Any] | None:

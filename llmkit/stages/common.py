@@ -59,6 +59,19 @@ def check_training_args(args, cfg: StageConfig) -> None:
         raise LlmkitError(f"{src}: output_dir is required")
 
 
+def check_trainer_stage(cfg: StageConfig, margs, targs, what: str = "model (model_name_or_path)"):
+    """The checks every trainer stage makes before anything else: trainer values, model
+    values and source, QLoRA only with LoRA, LoRA values.  Returns the LoRA config or None."""
+    from llmkit import modeling
+
+    check_training_args(targs, cfg)
+    modeling.check_model_args(margs, cfg.source)
+    modeling.check_model_source(margs.model_name_or_path, what)
+    if (margs.load_in_4bit or margs.load_in_8bit) and not margs.use_peft:
+        raise LlmkitError(f"{cfg.source}: load_in_4bit/load_in_8bit (QLoRA) trains adapters only: set use_peft: true")
+    return modeling.peft_config(margs)
+
+
 def last_checkpoint(ckpt_dir: Path) -> str | None:
     """The newest complete checkpoint (one that holds trainer_state.json) or None."""
     if not ckpt_dir.is_dir():

@@ -92,19 +92,13 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     margs: ModelConfig = cfg.get(ModelConfig)
     dargs: DPOConfig = cfg.get(DPOConfig)
 
-    common.check_training_args(dargs, cfg)
-    modeling.check_model_args(margs, cfg.source)
-    modeling.check_model_source(margs.model_name_or_path, "policy (model_name_or_path)")
+    lora = common.check_trainer_stage(cfg, margs, dargs, "policy (model_name_or_path)")
     if dargs.beta <= 0:
         raise LlmkitError(f"{cfg.source}: beta must be positive, got {dargs.beta}")
-    if (margs.load_in_4bit or margs.load_in_8bit) and not margs.use_peft:
-        raise LlmkitError(f"{cfg.source}: load_in_4bit/load_in_8bit trains adapters only: set use_peft: true")
-    lora = modeling.peft_config(margs)
     tok_path = a.tokenizer_name_or_path or margs.model_name_or_path
     tokenizer = modeling.load_tokenizer(tok_path)
     runs.check_output_dir(dargs.output_dir, overwrite)
-    rows, provenance = data.load_rows(a.datasets, "preference", dargs.seed)
-    eval_rows, eval_prov = data.load_rows(a.eval_datasets, "preference", dargs.seed, "eval_datasets") if a.eval_datasets else ([], [])
+    rows, eval_rows, provenance = data.load_splits(a.datasets, a.eval_datasets, "preference", dargs.seed)
     train_ds, eval_ds = data.train_eval_split(rows, eval_rows, a.eval_split_size, dargs.seed)
 
     from transformers import set_seed
@@ -146,6 +140,6 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     if runs.is_main_process():
         tokenizer.save_pretrained(staging)
     inputs = {"policy": margs.model_name_or_path, "reference": margs.model_name_or_path, "tokenizer": tok_path,
-              "datasets": provenance, "eval_datasets": eval_prov}
+              **provenance}
     return common.finish_training_stage(STAGE, cfg, staging, output_dir, started, inputs, metrics, trainer.state.global_step,
                                         plot_keys=("loss", "eval_loss", "rewards/margins", "rewards/accuracies"))

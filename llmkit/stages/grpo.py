@@ -82,9 +82,7 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     margs: ModelConfig = cfg.get(ModelConfig)
     gargs: GRPOConfig = cfg.get(GRPOConfig)
 
-    common.check_training_args(gargs, cfg)
-    modeling.check_model_args(margs, cfg.source)
-    modeling.check_model_source(margs.model_name_or_path, "policy (model_name_or_path)")
+    lora = common.check_trainer_stage(cfg, margs, gargs, "policy (model_name_or_path)")
     check_generation_batch(gargs, cfg)
     if not a.reward_funcs and not a.reward_model_path:
         raise LlmkitError(f"{cfg.source}: GRPO needs reward_funcs and/or reward_model_path")
@@ -106,14 +104,10 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
             import vllm  # noqa: F401
         except ImportError:
             raise LlmkitError(f"{cfg.source}: use_vllm needs vLLM (pip install 'llmkit[gpu]'); or set use_vllm: false") from None
-    if (margs.load_in_4bit or margs.load_in_8bit) and not margs.use_peft:
-        raise LlmkitError(f"{cfg.source}: load_in_4bit/load_in_8bit trains adapters only: set use_peft: true")
-    lora = modeling.peft_config(margs)
     tok_path = a.tokenizer_name_or_path or margs.model_name_or_path
     tokenizer = modeling.load_tokenizer(tok_path)
     runs.check_output_dir(gargs.output_dir, overwrite)
-    rows, provenance = data.load_rows(a.datasets, "prompt", gargs.seed)
-    eval_rows, eval_prov = data.load_rows(a.eval_datasets, "prompt", gargs.seed, "eval_datasets") if a.eval_datasets else ([], [])
+    rows, eval_rows, provenance = data.load_splits(a.datasets, a.eval_datasets, "prompt", gargs.seed)
     probe = "La respuesta es 0."
     for f in funcs:  # a reward that needs a missing column fails here, on one row, not mid-run
         f(prompts=[rows[0]["prompt"]], completions=[probe], completion_ids=[tokenizer(probe, add_special_tokens=False)["input_ids"]],
@@ -169,6 +163,6 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
         tokenizer.save_pretrained(staging)
         shutil.rmtree(merged_ref, ignore_errors=True)
     inputs = {"policy": margs.model_name_or_path, "reward_funcs": list(a.reward_funcs), "reward_model": a.reward_model_path,
-              "tokenizer": tok_path, "datasets": provenance, "eval_datasets": eval_prov}
+              "tokenizer": tok_path, **provenance}
     return common.finish_training_stage(STAGE, cfg, staging, output_dir, started, inputs, metrics, trainer.state.global_step,
                                         plot_keys=("reward", "reward_std", "kl"))

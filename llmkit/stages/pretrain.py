@@ -76,8 +76,7 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     model_cfg = modeling.new_model_config(a.model_config, tokenizer) if a.model_config is not None else None
     lora = modeling.peft_config(margs)
     runs.check_output_dir(targs.output_dir, overwrite)
-    rows, provenance = data.load_rows(a.datasets, "text", targs.seed)
-    eval_rows, eval_prov = data.load_rows(a.eval_datasets, "text", targs.seed, "eval_datasets") if a.eval_datasets else ([], [])
+    rows, eval_rows, provenance = data.load_splits(a.datasets, a.eval_datasets, "text", targs.seed)
     train_ds, eval_ds = data.train_eval_split(rows, eval_rows, a.eval_split_size, targs.seed)
     train_blocks = pack(list(train_ds["text"]), tokenizer, a.block_size)
     eval_blocks = pack(list(eval_ds["text"]), tokenizer, a.block_size) if eval_ds is not None else []
@@ -135,5 +134,5 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     trainer.save_model(str(staging))
     if runs.is_main_process():
         tokenizer.save_pretrained(staging)
-    inputs = {"model": margs.model_name_or_path or "from model_config", "tokenizer": tok_path, "datasets": provenance, "eval_datasets": eval_prov}
+    inputs = {"model": margs.model_name_or_path or "from model_config", "tokenizer": tok_path, **provenance}
     return common.finish_training_stage(STAGE, cfg, staging, output_dir, started, inputs, metrics, trainer.state.global_step)

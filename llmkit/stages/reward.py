@@ -79,19 +79,13 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     margs: ModelConfig = cfg.get(ModelConfig)
     rargs: RewardConfig = cfg.get(RewardConfig)
 
-    common.check_training_args(rargs, cfg)
-    modeling.check_model_args(margs, cfg.source)
-    modeling.check_model_source(margs.model_name_or_path)
-    if (margs.load_in_4bit or margs.load_in_8bit) and not margs.use_peft:
-        raise LlmkitError(f"{cfg.source}: load_in_4bit/load_in_8bit trains adapters only: set use_peft: true")
-    lora = modeling.peft_config(margs)
+    lora = common.check_trainer_stage(cfg, margs, rargs)
     if lora is not None and margs.lora_task_type != "SEQ_CLS":
         raise LlmkitError(f"{cfg.source}: a reward model's LoRA needs lora_task_type: SEQ_CLS (got {margs.lora_task_type})")
     tok_path = a.tokenizer_name_or_path or margs.model_name_or_path
     tokenizer = modeling.load_tokenizer(tok_path)
     runs.check_output_dir(rargs.output_dir, overwrite)
-    rows, provenance = data.load_rows(a.datasets, "preference", rargs.seed)
-    eval_rows, eval_prov = data.load_rows(a.eval_datasets, "preference", rargs.seed, "eval_datasets") if a.eval_datasets else ([], [])
+    rows, eval_rows, provenance = data.load_splits(a.datasets, a.eval_datasets, "preference", rargs.seed)
     if any(isinstance(r["chosen"], list) for r in rows[:10]) and not tokenizer.chat_template:
         raise LlmkitError(f"{cfg.source}: conversational pairs need a chat template; the tokenizer has none")
     train_ds, eval_ds = data.train_eval_split(rows, eval_rows, a.eval_split_size, rargs.seed)
@@ -135,6 +129,6 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     if runs.is_main_process():
         trainer.accelerator.unwrap_model(final).save_pretrained(staging) if lora is None else final.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-    inputs = {"model": margs.model_name_or_path, "tokenizer": tok_path, "datasets": provenance, "eval_datasets": eval_prov}
+    inputs = {"model": margs.model_name_or_path, "tokenizer": tok_path, **provenance}
     return common.finish_training_stage(STAGE, cfg, staging, output_dir, started, inputs, metrics, trainer.state.global_step,
                                         plot_keys=("loss", "eval_loss", "accuracy", "eval_accuracy"))

@@ -116,12 +116,7 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     from llmkit import modeling
 
     # ---- validate before any heavy work or any write
-    common.check_training_args(sargs, cfg)
-    modeling.check_model_args(margs, cfg.source)
-    modeling.check_model_source(margs.model_name_or_path)
-    if (margs.load_in_4bit or margs.load_in_8bit) and not margs.use_peft:
-        raise LlmkitError(f"{cfg.source}: load_in_4bit/load_in_8bit (QLoRA) trains adapters only: set use_peft: true")
-    lora = modeling.peft_config(margs)
+    lora = common.check_trainer_stage(cfg, margs, sargs)
     tok_path = a.tokenizer_name_or_path or margs.model_name_or_path
     if not a.tokenizer_name_or_path and modeling.is_adapter_dir(tok_path) and not (Path(tok_path) / "tokenizer_config.json").exists():
         tok_path = modeling.adapter_base(tok_path)
@@ -129,8 +124,7 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     if a.chat_template:
         tokenizer.chat_template = modeling.resolve_chat_template(a.chat_template, cfg.source)
     runs.check_output_dir(sargs.output_dir, overwrite)
-    rows, provenance = data.load_rows(a.datasets, "sft", sargs.seed)
-    eval_rows, eval_prov = data.load_rows(a.eval_datasets, "sft", sargs.seed, "eval_datasets") if a.eval_datasets else ([], [])
+    rows, eval_rows, provenance = data.load_splits(a.datasets, a.eval_datasets, "sft", sargs.seed)
     layout = data.detect_format(set(rows[0]), "sft", "datasets")
     if eval_rows and data.detect_format(set(eval_rows[0]), "sft", "eval_datasets") != layout:
         raise LlmkitError(f"{cfg.source}: eval_datasets and datasets have different layouts")
@@ -192,7 +186,7 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
             metrics["sample_format_match"] = sum(s["format_match"] for s in samples) / len(samples)
             for s in samples[:3]:
                 print(f"  Q: {s['prompt'][:80]!r}\n  A: {s['generated'][:80]!r}  (ref {s['reference'][:60]!r})", flush=True)
-    inputs = {"model": margs.model_name_or_path, "tokenizer": tok_path, "datasets": provenance, "eval_datasets": eval_prov}
+    inputs = {"model": margs.model_name_or_path, "tokenizer": tok_path, **provenance}
     return common.finish_training_stage(STAGE, cfg, staging, output_dir, started, inputs, metrics, trainer.state.global_step)
 
 
