@@ -63,6 +63,8 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         raw = path.read_bytes()
     except OSError as exc:
         raise LlmkitError(f"cannot read {path}: {exc.strerror}") from None
+    if raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark, as some editors write
+        raw = raw[3:]
     for lineno, line in enumerate(raw.split(b"\n"), start=1):
         if not line.strip():
             continue
@@ -76,6 +78,10 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
             raise LlmkitError(f"{path} line {lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
         if not isinstance(row, dict):
             raise LlmkitError(f"{path} line {lineno}: expected a JSON object, got {type(row).__name__}")
+        try:  # JSON may escape lone surrogates ("\ud800") that no UTF-8 text can hold
+            json.dumps(row, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise LlmkitError(f"{path} line {lineno}: contains an invalid unicode escape (a lone surrogate)") from None
         row["__line__"] = lineno
         rows.append(row)
     return rows
@@ -269,16 +275,21 @@ def load_rows(specs: Any, kind: str, seed: int = 42, key: str = "datasets") -> t
     provenance = []
     for i, spec in enumerate(specs):
         rows, name, local = load_source(spec)
-        columns = set().union(*(r.keys() for r in rows[:50]))
-        fmt = detect_format(columns, kind, name)
+        check = rows if local else rows[:CHECK_SAMPLE]
+        unit = "line" if local else "row"
+        fmt, shape, ref = _majority_shape(check, kind, name, unit)
         if layout is not None and fmt != layout:
             raise LlmkitError(f"{name}: layout '{fmt}' differs from the first dataset's '{layout}'; a mixture needs one layout")
         layout = fmt
-        check = rows if local else rows[:CHECK_SAMPLE]
         for r in check:
-            where = f"{name} {'line' if local else 'row'} {r.get('__line__', '?')}"
+            where = f"{name} {unit} {r.get('__line__', '?')}"
+            got = detect_format(set(r), kind, where)
+            if got != fmt:
+                raise LlmkitError(f"{where}: layout '{got}' differs from the file's '{fmt}' (as on {unit} {ref}); one file needs one layout")
             check_row(r, fmt, where)
-        keep = _layout_columns(fmt, rows)
+            if row_shape(r, fmt) != shape:
+                raise LlmkitError(f"{where}: columns/types {row_shape(r, fmt)} differ from {unit} {ref}'s {shape}; one file needs one layout")
+        keep = _layout_columns(fmt, next(r for r in check if row_shape(r, fmt) == shape))
         rows = [{c: r.get(c) for c in keep} for r in rows]
         rows = _weighted(rows, float(spec.get("weight", 1.0)), seed + i)
         provenance.append({"path": name, "rows": len(rows), "weight": spec.get("weight", 1.0), "sha256": _sha256(name) if local else None})
@@ -293,16 +304,48 @@ def load_splits(datasets: Any, eval_datasets: Any, kind: str, seed: int) -> tupl
     return rows, eval_rows, {"datasets": prov, "eval_datasets": eval_prov}
 
 
-def _layout_columns(layout: str, rows: list[dict[str, Any]]) -> list[str]:
-    base = {
-        "text": ["text"],
-        "messages": ["messages"],
-        "prompt_completion": ["prompt", "completion"],
-        "preference": ["prompt", "chosen", "rejected"],
-        "prompt": ["prompt"],
-    }[layout]
-    extra = [c for c in rows[0] if c not in base and c != "__line__"] if layout == "prompt" else []
-    if layout == "preference" and all("prompt" not in r for r in rows[:50]):
+LAYOUT_COLUMNS = {
+    "text": ["text"],
+    "messages": ["messages"],
+    "prompt_completion": ["prompt", "completion"],
+    "preference": ["prompt", "chosen", "rejected"],
+    "prompt": ["prompt"],
+}
+
+
+def _majority_shape(rows: list[dict[str, Any]], kind: str, name: str, unit: str) -> tuple[str, dict[str, str], Any]:
+    """The layout and shape most rows share (ties: the earliest), so that the odd row out is
+    the one reported; rows with no usable layout at all are reported first."""
+    from collections import Counter
+
+    counts: Counter = Counter()
+    first: dict[str, Any] = {}
+    for r in rows:
+        where = f"{name} {unit} {r.get('__line__', '?')}"
+        fmt = detect_format(set(r), kind, where)
+        key = json.dumps([fmt, row_shape(r, fmt)], sort_keys=True)
+        counts[key] += 1
+        first.setdefault(key, r.get("__line__", "?"))
+    best = max(counts, key=lambda k: (counts[k], -list(first).index(k)))
+    fmt, shape = json.loads(best)
+    return fmt, shape, first[best]
+
+
+def row_shape(row: dict[str, Any], layout: str) -> dict[str, str]:
+    """Which layout columns a row has and whether each is text or chat messages (for the
+    'prompt' layout also its extra columns, e.g. 'answer', and their JSON types): every row of
+    a file must have the first row's shape, or Arrow and the trainers fail later."""
+    cols = [c for c in LAYOUT_COLUMNS[layout] if c in row]
+    if layout == "prompt":
+        cols += sorted(c for c in row if c not in ("prompt", "__line__"))
+    return {c: "messages" if isinstance(row[c], list) else type(row[c]).__name__ for c in cols}
+
+
+def _layout_columns(layout: str, ref: dict[str, Any]) -> list[str]:
+    """The columns kept, from a row with the file's shape (every checked row has it)."""
+    base = LAYOUT_COLUMNS[layout]
+    extra = [c for c in ref if c not in base and c != "__line__"] if layout == "prompt" else []
+    if layout == "preference" and "prompt" not in ref:
         base = ["chosen", "rejected"]
     return base + extra
 

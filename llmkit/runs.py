@@ -124,16 +124,19 @@ def write_configs(directory: Path, cfg: StageConfig) -> None:
 
 
 def finalize(staging: Path, output_dir: str | Path, manifest: dict[str, Any]) -> Path:
-    """Write the manifest last, then atomically move the staging dir into place."""
+    """Write the manifest last, then atomically move the staging dir into place.
+
+    Killed at any point, this leaves either ``<out>.partial`` (still marked as this config's
+    unfinished run, so the same command resumes it) or the finished ``<out>``."""
     out = Path(output_dir)
     if is_main_process():
-        (staging / STAGING_MARK).unlink(missing_ok=True)
         _write_json(staging / MANIFEST, manifest)
         old = None
         if out.exists():  # --overwrite of a finished run: keep it until the new one is in place
             old = out.with_name(f"{out.name}.old-{int(time.time())}")
             out.rename(old)
         staging.rename(out)
+        (out / STAGING_MARK).unlink(missing_ok=True)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     wait_for_everyone()

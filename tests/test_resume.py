@@ -141,3 +141,36 @@ def test_trl_stages_resume_after_sigterm(tmp_path, base_model, sft_data, stage):
     assert llmkit(*trl_stage_args(stage, out, base_model, data, steps)) == 0
     assert json.loads((out / "manifest.json").read_text())["steps"] == steps
     assert abs(_loss_at(out, steps) - _loss_at(ref, steps)) < TOL
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_chaos_kill_at_a_random_moment(tmp_path, tokenizer_run, corpus, seed):
+    """SIGKILL a pretrain run at a random moment (start-up, training, a checkpoint, the final
+    save, the rename): what is left is either a complete, loadable run or one that every
+    consumer recognises as unfinished, and the same command then finishes it."""
+    import random
+
+    from transformers import AutoModelForCausalLM
+
+    from llmkit.runs import read_manifest
+
+    args = pretrain_args(tmp_path / "run", tokenizer_run, corpus, steps=40)
+    args[args.index("--save_steps") + 1] = "7"
+    t0 = time.time()
+    assert llmkit(*pretrain_args(tmp_path / "timing", tokenizer_run, corpus, steps=40)) == 0
+    total = time.time() - t0 + 4.0  # + interpreter start-up of the subprocess
+    out = tmp_path / "run"
+    proc = start(args, tmp_path)
+    time.sleep(random.Random(seed).uniform(0.5, total))
+    proc.kill()
+    proc.communicate(timeout=60)
+    partial = Path(str(out) + ".partial")
+    if out.exists():  # finished before the kill: must be complete and loadable
+        assert read_manifest(out) is not None and not partial.exists()
+        AutoModelForCausalLM.from_pretrained(out)
+    else:  # never mistaken for a finished run
+        assert llmkit("sft", "--output_dir", tmp_path / "next", "--model_name_or_path", out, "--datasets", f"[{corpus}]") == 2
+    assert not (tmp_path / "next").exists()
+    rc = llmkit(*args) if not out.exists() else 0
+    assert rc == 0 and read_manifest(out)["steps"] == 40
+    AutoModelForCausalLM.from_pretrained(out)
