@@ -149,15 +149,26 @@ def test_each_process_gets_its_own_prompts_and_epochs_cover_all():
 
 # --------------------------------------------------------------------------- fixtures for runs
 
-def prompt_rows(n: int) -> list[dict]:
-    """Half plain-text, half chat prompts (both kinds reach the policy)."""
-    return [{"prompt": f"Pregunta {i}: ¿qué es un número?" if i % 2 else [{"role": "user", "content": f"Escribe algo sobre el {i}."}],
+def prompt_rows(n: int, chat: bool = True) -> list[dict]:
+    """Chat prompts, or plain-text ones (one file holds one layout; a mixture of files may mix)."""
+    return [{"prompt": [{"role": "user", "content": f"Escribe algo sobre el {i}."}] if chat else f"Pregunta {i}: ¿qué es un número?",
              "answer": str(i)} for i in range(n)]
 
 
 @pytest.fixture(scope="module")
 def prompts(tmp_path_factory) -> Path:
     return write_jsonl(tmp_path_factory.mktemp("ppo_data") / "prompts.jsonl", prompt_rows(64))
+
+
+def test_plain_and_chat_prompt_files_mix(tmp_path, base_model, prompts):
+    """Both prompt kinds reach the policy: a mixture of a chat-prompt file and a plain-text one."""
+    plain = write_jsonl(tmp_path / "plain.jsonl", prompt_rows(16, chat=False))
+    out = tmp_path / "mix"
+    rc = llmkit("ppo", "--output_dir", out, "--model_name_or_path", base_model, "--datasets", f"[{prompts}, {plain}]",
+                "--eval_split_size", "4", "--reward_funcs", "[spanish]", "--response_length", "4", "--per_device_train_batch_size", "4",
+                "--max_steps", "2", "--save_strategy", "no", "--sample_prompts", "0")
+    assert rc == 0
+    assert json.loads((out / "manifest.json").read_text())["steps"] == 2
 
 
 @pytest.fixture(scope="module")

@@ -84,8 +84,17 @@ def last_checkpoint(ckpt_dir: Path) -> str | None:
     return str(max(found)[1]) if found else None
 
 
-def point_trainer_at_staging(args, staging: Path) -> None:
-    args.output_dir = str(staging / "checkpoints")
+def open_trainer_staging(targs, cfg: StageConfig, stage: str, overwrite: bool, has_eval: bool = True) -> tuple[Path, str]:
+    """Open the run's staging directory and point the trainer's checkpoints into it (evaluation
+    off when there is no held-out set). Returns (staging dir, final output_dir)."""
+    from transformers.trainer_utils import IntervalStrategy
+
+    output_dir = targs.output_dir
+    staging = runs.open_staging(output_dir, cfg, stage, overwrite)
+    targs.output_dir = str(staging / "checkpoints")
+    if not has_eval:
+        targs.eval_strategy = IntervalStrategy.NO
+    return staging, output_dir
 
 
 class StageInterrupted(LlmkitError):

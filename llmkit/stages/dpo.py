@@ -102,7 +102,6 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     train_ds, eval_ds = data.train_eval_split(rows, eval_rows, a.eval_split_size, dargs.seed)
 
     from transformers import set_seed
-    from transformers.trainer_utils import IntervalStrategy
     from trl import DPOTrainer
 
     set_seed(dargs.seed)
@@ -110,11 +109,7 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     modeling.check_lora_targets(policy, lora, cfg.source)
     ref = None if lora is not None else modeling.load_merged(margs, dargs.trust_remote_code).eval().requires_grad_(False)
 
-    staging = runs.open_staging(dargs.output_dir, cfg, STAGE, overwrite)
-    output_dir = dargs.output_dir
-    common.point_trainer_at_staging(dargs, staging)
-    if eval_ds is None:
-        dargs.eval_strategy = IntervalStrategy.NO
+    staging, output_dir = common.open_trainer_staging(dargs, cfg, STAGE, overwrite, has_eval=eval_ds is not None)
     trainer = DPOTrainer(
         model=policy,
         ref_model=ref,

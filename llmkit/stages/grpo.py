@@ -129,9 +129,7 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
         reward_list.append(rm)
         reward_tokenizers.append(rm_tok)
 
-    staging = runs.open_staging(gargs.output_dir, cfg, STAGE, overwrite)
-    output_dir = gargs.output_dir
-    common.point_trainer_at_staging(gargs, staging)
+    staging, output_dir = common.open_trainer_staging(gargs, cfg, STAGE, overwrite)
     merged_ref = staging / "reference_model"
     if lora is None and gargs.beta > 0 and modeling.is_adapter_dir(margs.model_name_or_path):
         if runs.is_main_process():

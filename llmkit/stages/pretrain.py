@@ -101,18 +101,13 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     n_params = sum(p.numel() for p in model.parameters())
 
     # ---- from here on, everything is written into the staging directory
-    staging = runs.open_staging(targs.output_dir, cfg, STAGE, overwrite)
-    output_dir = targs.output_dir
-    common.point_trainer_at_staging(targs, staging)
+    staging, output_dir = common.open_trainer_staging(targs, cfg, STAGE, overwrite, has_eval=bool(eval_blocks))
     if runs.is_main_process():
         print(f"llmkit pretrain: {n_params / 1e6:.2f}M parameters, {len(train_blocks)} train blocks x {a.block_size} tokens", flush=True)
 
     from datasets import Dataset
-    from transformers.trainer_utils import IntervalStrategy
 
     eval_dataset = Dataset.from_list(eval_blocks) if eval_blocks else None
-    if eval_dataset is None:
-        targs.eval_strategy = IntervalStrategy.NO
     trainer = Trainer(
         model=model,
         args=targs,

@@ -91,7 +91,6 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     train_ds, eval_ds = data.train_eval_split(rows, eval_rows, a.eval_split_size, rargs.seed)
 
     from transformers import AutoModelForSequenceClassification, set_seed
-    from transformers.trainer_utils import IntervalStrategy
     from trl import RewardTrainer
 
     set_seed(rargs.seed)
@@ -99,11 +98,7 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     model.config.pad_token_id = tokenizer.pad_token_id
     modeling.check_lora_targets(model, lora, cfg.source)
 
-    staging = runs.open_staging(rargs.output_dir, cfg, STAGE, overwrite)
-    output_dir = rargs.output_dir
-    common.point_trainer_at_staging(rargs, staging)
-    if eval_ds is None:
-        rargs.eval_strategy = IntervalStrategy.NO
+    staging, output_dir = common.open_trainer_staging(rargs, cfg, STAGE, overwrite, has_eval=eval_ds is not None)
     trainer = RewardTrainer(
         model=model,
         args=rargs,

@@ -132,7 +132,6 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     train_ds, eval_ds = data.train_eval_split(rows, eval_rows, a.eval_split_size, sargs.seed)
 
     from transformers import set_seed
-    from transformers.trainer_utils import IntervalStrategy
     from trl import SFTTrainer
 
     set_seed(sargs.seed)
@@ -143,11 +142,7 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
         modeling.check_lora_targets(model, lora, cfg.source)
 
     # ---- from here on, everything is written into the staging directory
-    staging = runs.open_staging(sargs.output_dir, cfg, STAGE, overwrite)
-    output_dir = sargs.output_dir
-    common.point_trainer_at_staging(sargs, staging)
-    if eval_ds is None:
-        sargs.eval_strategy = IntervalStrategy.NO
+    staging, output_dir = common.open_trainer_staging(sargs, cfg, STAGE, overwrite, has_eval=eval_ds is not None)
     trainer = SFTTrainer(
         model=model,
         args=sargs,
