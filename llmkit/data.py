@@ -369,16 +369,21 @@ def to_dataset(rows: list[dict[str, Any]]):
     return datasets.Dataset.from_list(rows)
 
 
-def train_eval_split(rows: list[dict[str, Any]], eval_rows: list[dict[str, Any]] | None, eval_split_size: float, seed: int):
-    """Return (train, eval or None) as datasets.Dataset; shuffles with ``seed`` when splitting."""
+def split_rows(rows: list[dict[str, Any]], eval_rows: list[dict[str, Any]], eval_split_size: float, seed: int):
+    """(train rows, held-out rows): ``eval_rows`` when given, else ``eval_split_size`` of the
+    rows (a fraction < 1 or a count >= 1) after a seeded shuffle, else no held-out rows."""
     import random
 
-    if eval_rows:
-        return to_dataset(rows), to_dataset(eval_rows)
-    if eval_split_size and eval_split_size > 0:
-        rows = rows[:]
-        random.Random(seed).shuffle(rows)
-        n = int(round(eval_split_size * len(rows))) if eval_split_size < 1 else int(eval_split_size)
-        n = max(1, min(n, len(rows) - 1))
-        return to_dataset(rows[n:]), to_dataset(rows[:n])
-    return to_dataset(rows), None
+    if eval_rows or not eval_split_size or eval_split_size <= 0:
+        return rows, eval_rows
+    rows = rows[:]
+    random.Random(seed).shuffle(rows)
+    n = int(round(eval_split_size * len(rows))) if eval_split_size < 1 else int(eval_split_size)
+    n = max(1, min(n, len(rows) - 1))
+    return rows[n:], rows[:n]
+
+
+def train_eval_split(rows: list[dict[str, Any]], eval_rows: list[dict[str, Any]] | None, eval_split_size: float, seed: int):
+    """split_rows as datasets.Dataset (held-out: None when there is none)."""
+    train, held = split_rows(rows, eval_rows or [], eval_split_size, seed)
+    return to_dataset(train), (to_dataset(held) if held else None)

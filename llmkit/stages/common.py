@@ -3,6 +3,7 @@ with resume from the staging directory, and the end-of-stage bookkeeping."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from pathlib import Path
@@ -118,32 +119,39 @@ def _stop_on_signal_callback(flag: dict):
     return StopOnSignal()
 
 
-def train(trainer, staging: Path):
-    """Run trainer.train(), resuming from the newest checkpoint of an interrupted run.
-
-    SIGTERM (a scheduler's pre-emption, `kill`) and SIGINT (Ctrl-C) do not kill the process
-    mid-step: the current step ends, a checkpoint is written, and StageInterrupted is raised
-    so the run directory stays `.partial` and the same command resumes from it."""
+@contextlib.contextmanager
+def stop_on_signal():
+    """SIGTERM (a scheduler's pre-emption, `kill`) and SIGINT (Ctrl-C) do not kill a step half
+    way: they set the yielded flag, which the training loop reads at the end of each step to
+    save a checkpoint and stop (exit 143 through StageInterrupted).  A second signal stops at once."""
     import signal
 
-    resume = last_checkpoint(staging / "checkpoints")
-    if resume and runs.is_main_process():
-        print(f"llmkit: resuming from {resume}", flush=True)
-    flag = {"signal": None}
+    flag: dict = {"signal": None}
 
     def handler(signum, frame):
-        if flag["signal"]:  # a second signal: stop now
+        if flag["signal"]:
             raise KeyboardInterrupt
         flag["signal"] = signal.Signals(signum).name
         print(f"llmkit: {flag['signal']} received: saving a checkpoint at the end of this step, then stopping", flush=True)
 
-    trainer.add_callback(_stop_on_signal_callback(flag))
     previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        result = trainer.train(resume_from_checkpoint=resume)
+        yield flag
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+def train(trainer, staging: Path):
+    """Run trainer.train(), resuming from the newest checkpoint of an interrupted run; after a
+    SIGTERM/SIGINT the current step ends, a checkpoint is written and StageInterrupted is
+    raised, so the run directory stays `.partial` and the same command resumes from it."""
+    resume = last_checkpoint(staging / "checkpoints")
+    if resume and runs.is_main_process():
+        print(f"llmkit: resuming from {resume}", flush=True)
+    with stop_on_signal() as flag:
+        trainer.add_callback(_stop_on_signal_callback(flag))
+        result = trainer.train(resume_from_checkpoint=resume)
     if flag["signal"]:
         ckpt = last_checkpoint(staging / "checkpoints")
         raise StageInterrupted(f"stopped by {flag['signal']}; checkpoint {ckpt} saved. Run the same command again to resume.")

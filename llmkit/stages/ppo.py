@@ -54,7 +54,6 @@ SIGINT: the current step finishes, a checkpoint is saved, exit status 143.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import json
@@ -189,11 +188,6 @@ def encode_prompt(tokenizer, prompt) -> list[int]:
     return tokenizer(modeling.prompt_text(tokenizer, prompt), add_special_tokens=False)["input_ids"]
 
 
-def stop_ids(tokenizer) -> list[int]:
-    ids = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")} - {None, tokenizer.unk_token_id}
-    return sorted(ids)
-
-
 # --------------------------------------------------------------------------- models
 
 
@@ -285,7 +279,7 @@ class Run:
         self.acc, self.model, self.opt, self.sched = acc, model, opt, sched
         self.ref, self.reward, self.reward_tok, self.funcs, self.weights = ref, reward, reward_tok, funcs, weights
         self.tok, self.p = tokenizer, p
-        self.stop = stop_ids(tokenizer) if p.stop_token == "eos" else []
+        self.stop = modeling.stop_token_ids(tokenizer) if p.stop_token == "eos" else []
         self.kl = core.AdaptiveKLController(p.kl_coef, p.kl_target, p.kl_horizon)
 
     @property
@@ -569,7 +563,7 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     eval_rows, eval_prov = data.load_rows(a.eval_datasets, "prompt", p.seed, "eval_datasets") if a.eval_datasets else ([], [])
     if any(isinstance(r["prompt"], list) for r in rows + eval_rows) and not tokenizer.chat_template:
         raise LlmkitError(f"{src}: chat prompts need a chat template; the tokenizer {tok_path} has none")
-    train, held = split_rows(rows, eval_rows, a.eval_split_size, p.seed)
+    train, held = data.split_rows(rows, eval_rows, a.eval_split_size, p.seed)
     held = held[: a.max_eval_prompts]
     if not train:
         raise LlmkitError(f"{src}: no training prompts left after holding out eval_split_size={a.eval_split_size}")
@@ -648,7 +642,7 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     log_every, save_every = (max(1, math.ceil(x * steps) if x < 1 else int(x)) for x in (p.logging_steps, p.save_steps))
     bar = tqdm(total=steps, initial=start, desc="ppo", disable=not acc.is_main_process, dynamic_ncols=True)
     t_run, last = time.time(), {}
-    with stop_on_signal() as stop:
+    with common.stop_on_signal() as stop:
         for step in range(start + 1, steps + 1):
             last = train_step(run, step, steps, train, train_ids, global_batch, world, rank, t_run, log_every, metrics_file, bar)
             stopping = run.mean_across([1.0 if stop["signal"] else 0.0], "sum")[0] > 0  # all processes stop together
@@ -667,7 +661,7 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     if last:
         metrics["final_kl"] = last["objective/kl"]
         metrics["final_reward"] = last["reward/mean"]
-    gen_model.generation_config.eos_token_id = stop_ids(tokenizer)
+    gen_model.generation_config.eos_token_id = modeling.stop_token_ids(tokenizer)
     if acc.is_main_process:
         run.net.policy.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
@@ -715,39 +709,6 @@ def train_step(run: Run, step: int, steps: int, train, train_ids, global_batch: 
     bar.update(1)
     bar.set_postfix(reward=f"{row['reward/mean']:.3f}", kl=f"{row['objective/kl']:.3f}")
     return row
-
-
-@contextlib.contextmanager
-def stop_on_signal():
-    """SIGTERM/SIGINT do not kill a step half-way: the flag is read after each step, which then
-    saves a checkpoint and stops (exit 143, as the Trainer-based stages do).  A second signal
-    stops at once."""
-    import signal
-
-    flag: dict = {"signal": None}
-
-    def handler(signum, frame):
-        if flag["signal"]:
-            raise KeyboardInterrupt
-        flag["signal"] = signal.Signals(signum).name
-        print(f"llmkit: {flag['signal']} received: saving a checkpoint at the end of this step, then stopping", flush=True)
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield flag
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
-def split_rows(rows: list[dict], eval_rows: list[dict], size: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """data.train_eval_split on plain rows (text and chat prompts may be mixed, which Arrow refuses)."""
-    if eval_rows or not size or size <= 0:
-        return rows, eval_rows
-    rows = rows[:]
-    random.Random(seed).shuffle(rows)
-    n = max(1, min(int(round(size * len(rows))) if size < 1 else int(size), len(rows) - 1))
-    return rows[n:], rows[:n]
 
 
 def _check_length(path: str, prompt: int, response: int, src: str) -> None:

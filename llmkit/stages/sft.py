@@ -18,7 +18,7 @@ from pathlib import Path
 
 from trl import ModelConfig, SFTConfig
 
-from llmkit import data, runs
+from llmkit import data, modeling, runs
 from llmkit.config import LlmkitError, StageConfig
 from llmkit.stages import common
 
@@ -82,30 +82,19 @@ def answer_shape(text: str) -> str:
 
 def generate_samples(model, tokenizer, rows: list[dict], layout: str, n: int, max_new_tokens: int) -> list[dict]:
     """Greedy answers to the first ``n`` held-out prompts, with the reference answer."""
-    import torch
-
-    out = []
-    model.eval()
+    items = []  # (prompt given to the model, prompt shown, reference)
     for r in rows[:n]:
         if layout == "messages":
             msgs = r["messages"]
             last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
-            prompt_ids = tokenizer.apply_chat_template(msgs[:last], add_generation_prompt=True, return_dict=True, return_tensors="pt")["input_ids"]
-            ref = msgs[last]["content"]
-            shown = msgs[last - 1]["content"] if last else ""
+            items.append((msgs[:last], msgs[last - 1]["content"] if last else "", msgs[last]["content"]))
         elif layout == "prompt_completion" and isinstance(r["prompt"], str):
-            prompt_ids = tokenizer(r["prompt"], return_tensors="pt")["input_ids"]
-            ref, shown = r["completion"], r["prompt"]
-        else:
-            continue
-        with torch.no_grad():
-            gen = model.generate(
-                input_ids=prompt_ids.to(model.device), max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
-            )
-        text = tokenizer.decode(gen[0, prompt_ids.shape[1] :], skip_special_tokens=True).strip()
-        out.append({"prompt": shown, "reference": ref, "generated": text, "exact_match": text == ref.strip(),
-                    "format_match": answer_shape(text) == answer_shape(ref)})
-    return out
+            items.append((r["prompt"], r["prompt"], r["completion"]))
+    if not items:
+        return []
+    texts = modeling.generate_completions(model, tokenizer, [p for p, _, _ in items], max_new_tokens)
+    return [{"prompt": shown, "reference": ref, "generated": text, "exact_match": text == ref.strip(),
+             "format_match": answer_shape(text) == answer_shape(ref)} for (_, shown, ref), text in zip(items, texts)]
 
 
 def main(cfg: StageConfig, overwrite: bool = False) -> Path:
@@ -113,7 +102,6 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     a: SftArgs = cfg.get(SftArgs)
     margs: ModelConfig = cfg.get(ModelConfig)
     sargs: SFTConfig = cfg.get(SFTConfig)
-    from llmkit import modeling
 
     # ---- validate before any heavy work or any write
     lora = common.check_trainer_stage(cfg, margs, sargs)
