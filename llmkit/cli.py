@@ -5,6 +5,10 @@
     llmkit run RECIPE_DIR [--force] [--from STAGE] [--target STAGE]
     llmkit ls [RECIPES_DIR]
     llmkit merge ADAPTER_RUN --output_dir DIR [--dtype bfloat16] [--overwrite]
+    llmkit serve RUN_DIR_OR_MODEL [--adapter NAME=DIR ...] [--merged] [--host H] [--port N] [--api-key KEY]
+    llmkit chat RUN_DIR_OR_URL [--model NAME] [--api-key KEY] [--system TEXT]
+    llmkit eval RUN_DIR_OR_MODEL [--tasks es] [--engine auto|vllm|transformers|server] [--limit N] ...
+    llmkit eval --compare RESULTS_DIR RESULTS_DIR ...    |    llmkit eval --recipe RECIPE_DIR
 
 Errors in the user's input print one line and exit with status 2, without a traceback.
 """
@@ -92,7 +96,76 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--output_dir", required=True)
     m.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     m.add_argument("--overwrite", action="store_true")
+    s = sub.add_parser("serve", help="serve a run (or model) behind vLLM's OpenAI-compatible API",
+                       epilog="Arguments after a lone -- go to vLLM unchanged, e.g. -- --gpu-memory-utilization 0.5")
+    s.add_argument("model", help="run directory, local model directory or hub id (a LoRA run is served over its base)")
+    s.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR",
+                   help="also serve this LoRA adapter (same base) under NAME; repeatable")
+    s.add_argument("--merged", action="store_true", help="serve a LoRA run merged into its base (merged once, cached in .cache/llmkit/merged)")
+    s.add_argument("--name", help="served name of the model (default: its directory name)")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--api-key", default=os.environ.get("LLMKIT_API_KEY"),
+                   help="require this key on every request (default: $LLMKIT_API_KEY)")
+    s.add_argument("--max-model-len", type=int, help="context length to serve (default: the model's)")
+    s.add_argument("--engine", default="auto", choices=["auto", "vllm", "transformers"],
+                   help="auto: vLLM when installed, else `transformers serve`")
+    e = sub.add_parser("eval", help="score a run or model on the Spanish benchmarks (lm-evaluation-harness)")
+    e.add_argument("target", nargs="?", help="run directory, local model directory or hub id")
+    e.add_argument("--tasks", default="es", help="es (all), es_beto, es_llm, or task names, comma-separated")
+    e.add_argument("--engine", default="auto", choices=["auto", "vllm", "transformers", "server"])
+    e.add_argument("--base_url", help="OpenAI-compatible server (…/v1) to evaluate through (--engine server)")
+    e.add_argument("--served_model", help="model name on that server (default: the last one it lists)")
+    e.add_argument("--api_key", "--api-key", default=os.environ.get("LLMKIT_API_KEY"))
+    e.add_argument("--num_fewshot", type=int, help="few-shot examples (default: each task's own)")
+    e.add_argument("--limit", type=float, help="examples per task (a fraction if < 1)")
+    e.add_argument("--seed", type=int, default=1234, help="one seed for python, numpy, torch and few-shot sampling")
+    e.add_argument("--batch_size", type=int, help="default: vLLM decides; 8 for transformers")
+    e.add_argument("--apply_chat_template", action="store_true", help="wrap prompts in the model's chat template")
+    e.add_argument("--system_instruction", help="system prompt (with --apply_chat_template)")
+    e.add_argument("--max_model_len", type=int)
+    e.add_argument("--data_dir", help="read every task from <data_dir>/<task>/<split>.jsonl (default: $LLMKIT_EVAL_DATA_DIR)")
+    e.add_argument("--include_path", help="a directory of your own lm-eval task YAMLs to allow in --tasks")
+    e.add_argument("--log_samples", action="store_true", help="write every prompt, answer and score to samples/")
+    e.add_argument("--bootstrap_iters", type=int, default=100000, help="as lm_eval (stderr of non-mean metrics)")
+    e.add_argument("--output_dir", help="default: <run's parent>/eval/<run name>")
+    e.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation in output_dir")
+    e.add_argument("--compare", nargs="+", metavar="RESULTS", help="compare earlier evaluations side by side")
+    e.add_argument("--recipe", help="evaluate every finished stage of a recipe (its eval.yaml) and compare them")
+    e.add_argument("--force", action="store_true", help="with --recipe: evaluate again stages already evaluated")
+    c = sub.add_parser("chat", help="chat in the terminal with a served model or a run directory")
+    c.add_argument("target", help="server URL (http://127.0.0.1:8000) or anything `llmkit serve` takes")
+    c.add_argument("--model", help="served model name (default: the first one listed, the adapter for a LoRA run)")
+    c.add_argument("--api-key", default=os.environ.get("LLMKIT_API_KEY"))
+    c.add_argument("--system", help="system prompt")
+    c.add_argument("--max-tokens", type=int, default=256)
+    c.add_argument("--temperature", type=float, default=0.7)
     return p
+
+
+def _eval_command(args) -> int:
+    from llmkit.evaluation import report, runner
+
+    if args.compare:
+        if args.target:
+            args.compare.insert(0, args.target)
+        report.compare(args.compare, out_dir=args.output_dir)
+        return 0
+    if args.recipe:
+        over = {k: getattr(args, k) for k in ("tasks", "engine", "limit", "num_fewshot", "data_dir")
+                if getattr(args, k) != _parser_defaults("eval").get(k)}
+        runner.eval_recipe(args.recipe, over, force=args.force)
+        return 0
+    if not args.target:
+        raise LlmkitError("llmkit eval needs a run directory or model (or --compare / --recipe)")
+    fields = {k: v for k, v in vars(args).items() if k in runner.EvalArgs.__dataclass_fields__}
+    runner.evaluate(runner.EvalArgs(**fields))
+    return 0
+
+
+def _parser_defaults(command: str) -> dict:
+    sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return {a.dest: a.default for a in sub.choices[command]._actions}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv and argv[0] in STAGES:
             return _stage_command(argv[0], argv[1:])
+        passthrough: list[str] = []
+        if argv and argv[0] == "serve" and "--" in argv:
+            cut = argv.index("--")
+            argv, passthrough = argv[:cut], argv[cut + 1:]
         args = _parser().parse_args(argv)
         if args.command == "run":
             from llmkit.pipeline import run_recipe
@@ -118,6 +195,17 @@ def main(argv: list[str] | None = None) -> int:
 
             merge_adapter_run(args.adapter, args.output_dir, args.dtype, args.overwrite)
             return 0
+        if args.command == "serve":
+            from llmkit.serving import serve
+
+            return serve(args.model, args.adapter, args.merged, args.host, args.port, args.api_key,
+                         args.max_model_len, args.name, args.engine, passthrough)
+        if args.command == "eval":
+            return _eval_command(args)
+        if args.command == "chat":
+            from llmkit.serving import chat
+
+            return chat(args.target, args.model, args.api_key, args.system, args.max_tokens, args.temperature)
         _parser().print_help()
         return 0 if not argv else 2
     except LlmkitError as exc:

