@@ -1,0 +1,1 @@
+"""Spanish evaluation: metrics, lm-evaluation-harness task definitions and the suite registry."""

@@ -1,0 +1,297 @@
+"""The Spanish evaluation suite: which lm-eval tasks, where their data lives, what to report.
+
+Two groups (``es`` is both):
+
+- ``es_beto``: the tasks BETO and MarIA were evaluated on.  XNLI and PAWS-X are the harness's
+  own ``*_spanish_bench`` tasks; CoNLL-2002 NER, SQAC, STS-es and MLDoc are llmkit's, defined
+  in ``llmkit/evaluation/tasks/`` (YAML + ``utils.py``).
+- ``es_llm``: the harness's Spanish LLM tasks, used exactly as the harness defines them.
+
+Every task records the splits it reads (the split it is scored on first, then the split its
+few-shot examples come from when that is another one), the chance level of each metric
+(uniform random guessing: 1/3 for 3-way XNLI, 0 for generative F1/EM, correlations and MCC)
+and the primary metric, whose key in lm-eval's results is ``EvalTask.result_key``.
+
+Data comes from the hub by default.  ``task_spec(name, data_dir)`` instead points a task at
+local JSON-lines copies, ``<data_dir>/<task>/<split>.jsonl`` in the hub's own schema, and
+changes nothing else in the harness's definition.  The environment variable
+``LLMKIT_EVAL_DATA_DIR`` is the default ``data_dir``: set it and every task reads local
+copies.  ``mldoc_es`` has no hub copy (its licence forbids redistribution) and always needs one.
+The hub sources of conll2002_es, sqac_es and sts_es were published with loading scripts, which
+``datasets`` >= 4 no longer runs; where the hub has not converted them, use local copies.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llmkit.config import LlmkitError
+
+TASKS_DIR = Path(__file__).resolve().parent / "tasks"
+DATA_DIR_ENV = "LLMKIT_EVAL_DATA_DIR"
+SCHEMA_ROWS = 5  # rows of each local file that check_local_schema reads
+
+# Column type names for the schema check ("?" suffix: null allowed).
+_TYPES = {"str": str, "int": int, "number": (int, float), "list": list, "dict": dict}
+
+
+@dataclass(frozen=True)
+class EvalTask:
+    name: str  # the harness's task name
+    group: str  # es_beto | es_llm
+    hub: str | None  # hub dataset id (None: local only)
+    hub_config: str | None
+    splits: tuple[str, ...]  # scored split first, then the few-shot split if it is another one
+    primary: str  # primary metric
+    chance: dict[str, float]  # metric -> chance level
+    columns: dict[str, str]  # columns the task uses -> type ("str", "int", "number", "list", "dict"; "?" = nullable)
+    filter: str = "none"  # lm-eval filter whose result is the primary one
+    local_only: bool = False
+
+    @property
+    def result_key(self) -> str:
+        """Key of the primary metric in lm-eval's per-task results, e.g. ``"acc,none"``."""
+        return f"{self.primary},{self.filter}"
+
+
+_STORY = {f"input_sentence_{i}": "str" for i in range(1, 5)}
+_BELEBELE = {f"mc_answer{i}": "str" for i in range(1, 5)}
+
+TASKS: dict[str, EvalTask] = {
+    t.name: t
+    for t in [
+        # ---- es_beto
+        EvalTask("xnli_es_spanish_bench", "es_beto", "xnli", "es", ("validation",), "acc", {"acc": 1 / 3},
+            {"premise": "str", "hypothesis": "str", "label": "int"}),
+        EvalTask("paws_es_spanish_bench", "es_beto", "paws-x", "es", ("test", "train"), "acc", {"acc": 0.5},
+            {"sentence1": "str", "sentence2": "str", "label": "int"}),
+        EvalTask("conll2002_es", "es_beto", "conll2002", "es", ("test", "train"), "f1",
+            {"f1": 0.0, "precision": 0.0, "recall": 0.0}, {"tokens": "list", "ner_tags": "list"}),
+        EvalTask("sqac_es", "es_beto", "PlanTL-GOB-ES/SQAC", None, ("test", "train"), "f1", {"f1": 0.0, "exact_match": 0.0},
+            {"context": "str", "question": "str", "answers": "dict"}),
+        EvalTask("sts_es", "es_beto", "PlanTL-GOB-ES/sts-es", None, ("test", "train"), "pearson",
+            {"pearson": 0.0, "spearman": 0.0}, {"sentence1": "str", "sentence2": "str", "label": "number"}),
+        EvalTask("mldoc_es", "es_beto", None, None, ("test", "train"), "acc", {"acc": 0.25, "acc_norm": 0.25},
+            {"text": "str", "label": "str"}, local_only=True),
+        # ---- es_llm
+        EvalTask("xquad_es", "es_llm", "google/xquad", "xquad.es", ("validation",), "f1", {"f1": 0.0, "exact_match": 0.0},
+            {"context": "str", "question": "str", "answers": "dict"}),
+        EvalTask("mgsm_direct_es_spanish_bench", "es_llm", "juletxara/mgsm", "es", ("test", "train"), "exact_match",
+            {"exact_match": 0.0}, {"question": "str", "answer": "str?", "answer_number": "int"}, filter="flexible-extract"),
+        EvalTask("copa_es", "es_llm", "BSC-LT/COPA-es", None, ("test", "validation"), "acc", {"acc": 0.5},
+            {"premise": "str", "choice1": "str", "choice2": "str", "question": "str", "label": "int"}),
+        EvalTask("xstorycloze_es", "es_llm", "juletxara/xstory_cloze", "es", ("eval", "train"), "acc", {"acc": 0.5},
+            {**_STORY, "sentence_quiz1": "str", "sentence_quiz2": "str", "answer_right_ending": "int"}),
+        EvalTask("belebele_spa_Latn", "es_llm", "facebook/belebele", "spa_Latn", ("test",), "acc", {"acc": 0.25, "acc_norm": 0.25},
+            {"flores_passage": "str", "question": "str", **_BELEBELE, "correct_answer_num": "str"}),
+        EvalTask("openbookqa_es", "es_llm", "BSC-LT/openbookqa-es", None, ("test", "validation"), "acc",
+            {"acc": 0.25, "acc_norm": 0.25}, {"question_stem": "str", "choices": "dict", "answerKey": "str"}),
+        EvalTask("escola", "es_llm", "nbel/EsCoLA", None, ("validation", "train"), "mcc", {"mcc": 0.0, "acc": 0.5},
+            {"Sentence": "str", "Label": "int"}),
+        EvalTask("wnli_es", "es_llm", "PlanTL-GOB-ES/wnli-es", None, ("validation", "train"), "acc", {"acc": 0.5},
+            {"sentence1": "str", "sentence2": "str", "label": "int"}),
+    ]
+}
+
+GROUPS: dict[str, list[str]] = {
+    "es_beto": [n for n, t in TASKS.items() if t.group == "es_beto"],
+    "es_llm": [n for n, t in TASKS.items() if t.group == "es_llm"],
+}
+GROUPS["es"] = GROUPS["es_beto"] + GROUPS["es_llm"]
+
+MLDOC_HELP = (
+    "mldoc_es has no copy on the hub: MLDoc is built from the Reuters RCV1/RCV2 corpora, whose licence does "
+    "not allow redistribution. Get RCV2 (Spanish) from NIST under its agreement, build the Spanish MLDoc splits "
+    "with the MLDoc scripts (github.com/facebookresearch/MLDoc), write them as JSON lines with columns "
+    "'text' and 'label' (CCAT, ECAT, GCAT or MCAT) to <data_dir>/mldoc_es/train.jsonl and test.jsonl "
+    f"(dev -> validation.jsonl, unused), then pass that data_dir or set {DATA_DIR_ENV}=<data_dir>"
+)
+
+
+def _valid_names() -> str:
+    return f"groups: {', '.join(sorted(GROUPS))}; tasks: {', '.join(TASKS)}"
+
+
+def get_task(name: str) -> EvalTask:
+    if name not in TASKS:
+        raise LlmkitError(f"unknown eval task {name!r}; {_valid_names()}")
+    return TASKS[name]
+
+
+def resolve_tasks(spec: str) -> list[str]:
+    """``"es_beto,xquad_es"`` -> task names in suite order of appearance, without duplicates."""
+    names: list[str] = []
+    unknown: list[str] = []
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        if part in GROUPS:
+            names.extend(GROUPS[part])
+        elif part in TASKS:
+            names.append(part)
+        else:
+            unknown.append(part)
+    if unknown:
+        raise LlmkitError(f"unknown eval task or group {', '.join(map(repr, unknown))}; {_valid_names()}")
+    if not names:
+        raise LlmkitError(f"no eval tasks given; {_valid_names()}")
+    return list(dict.fromkeys(names))
+
+
+@functools.cache
+def task_manager():
+    """lm-eval's TaskManager over its built-in tasks plus llmkit's (indexing takes a few seconds; cached)."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=str(TASKS_DIR))
+
+
+def splits_read(cfg: dict[str, Any]) -> tuple[str, ...]:
+    """The splits a resolved task config makes the harness read, following ConfigurableTask:
+    scored on test (else validation); few-shot from fewshot_split (else train, validation, test)."""
+    scored = cfg.get("test_split") or cfg.get("validation_split")
+    fewshot_cfg = cfg.get("fewshot_config") or {}
+    fewshot = (
+        cfg.get("fewshot_split")
+        or fewshot_cfg.get("split")
+        or cfg.get("training_split")
+        or cfg.get("validation_split")
+        or cfg.get("test_split")
+    )
+    return tuple(dict.fromkeys(s for s in (scored, fewshot) if s))
+
+
+def default_data_dir(data_dir: str | Path | None = None) -> Path | None:
+    data_dir = data_dir or os.environ.get(DATA_DIR_ENV) or None
+    return Path(data_dir) if data_dir else None
+
+
+def local_files(name: str, data_dir: str | Path) -> dict[str, Path]:
+    """``{split: <data_dir>/<name>/<split>.jsonl}`` for the splits the task reads."""
+    return {split: Path(data_dir) / name / f"{split}.jsonl" for split in get_task(name).splits}
+
+
+def task_config(name: str, tm=None) -> dict[str, Any]:
+    """The harness's full resolved config for a task (includes merged, ``!function`` resolved)."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    get_task(name)
+    entry = (tm or task_manager()).task_index.get(name)
+    if entry is None or entry.yaml_path is None:
+        raise LlmkitError(f"lm-eval does not know the task {name!r} (is lm_eval 0.4.13 installed?)")
+    return load_yaml(entry.yaml_path, resolve_func=True)
+
+
+def task_spec(name: str, data_dir: str | Path | None = None, tm=None) -> str | dict[str, Any]:
+    """What to hand to ``TaskManager.load`` for one task.
+
+    Without a data directory (argument or ``LLMKIT_EVAL_DATA_DIR``): the task name, so the
+    harness uses its definition as is.  With one: the full resolved config with only the data
+    source replaced by the local JSON-lines files of the splits the task reads, after checking
+    that they exist and have the columns the task uses.
+    """
+    info = get_task(name)
+    root = default_data_dir(data_dir)
+    if root is None:
+        if info.local_only:
+            raise LlmkitError(MLDOC_HELP if name == "mldoc_es" else f"{name} needs a local copy (data_dir)")
+        return name
+    files = local_files(name, root)
+    missing = [str(p) for p in files.values() if not p.is_file()]
+    if missing:
+        raise LlmkitError(
+            f"{name}: local data missing: {', '.join(missing)}. Write the {'/'.join(files)} split(s) there as JSON lines "
+            f"in the schema of {info.hub or 'the original corpus'} (columns: {', '.join(info.columns)}), "
+            f"or run without a data dir (unset {DATA_DIR_ENV}) to read the hub"
+            + (f". {MLDOC_HELP}" if info.local_only else "")
+        )
+    check_local_schema(name, root)
+    cfg = task_config(name, tm)
+    if splits_read(cfg) != info.splits:
+        raise LlmkitError(
+            f"{name}: the installed lm-eval reads splits {splits_read(cfg)}, llmkit's suite expects {info.splits}; "
+            "update llmkit/evaluation/suite.py for this lm-eval version"
+        )
+    # datasets' json builder infers the schema from the first split listed and casts the others
+    # to it, so a column that is null throughout that split (mgsm's `answer` in test) would break
+    # the next split: list the splits with the fewest all-null columns first.
+    order = sorted(files, key=lambda split: _null_columns(files[split]))
+    cfg["dataset_path"] = "json"
+    cfg["dataset_name"] = None
+    cfg["dataset_kwargs"] = {"data_files": {split: str(files[split]) for split in order}}
+    return cfg
+
+
+def _read_rows(path: Path, n: int) -> list[tuple[int, Any]]:
+    """(line number, parsed value) of the first ``n`` non-blank lines; LlmkitError on bad JSON."""
+    rows = []
+    with open(path, encoding="utf-8-sig") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append((lineno, json.loads(line)))
+            except json.JSONDecodeError as exc:
+                raise LlmkitError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+            if len(rows) >= n:
+                break
+    return rows
+
+
+def _null_columns(path: Path, n: int = 100) -> int:
+    """How many columns are null in every one of the first ``n`` rows of a JSON-lines file."""
+    rows = [row for _, row in _read_rows(path, n) if isinstance(row, dict)]
+    columns = {key for row in rows for key in row}
+    return sum(all(row.get(key) is None for row in rows) for key in columns)
+
+
+def _type_ok(value: Any, spec: str) -> bool:
+    if value is None:
+        return spec.endswith("?")
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, _TYPES[spec.rstrip("?")])
+
+
+def check_local_schema(name: str, data_dir: str | Path | None = None) -> list[Path]:
+    """Read the first rows of each local file of a task and check the columns it uses are there
+    with the hub's types.  Returns the files checked; raises LlmkitError naming file, row and columns."""
+    info = get_task(name)
+    root = default_data_dir(data_dir)
+    if root is None:
+        raise LlmkitError(f"{name}: no data dir given and {DATA_DIR_ENV} is not set")
+    checked = []
+    for path in local_files(name, root).values():
+        if not path.is_file():
+            raise LlmkitError(f"{name}: local data missing: {path}")
+        rows = _read_rows(path, SCHEMA_ROWS)
+        if not rows:
+            raise LlmkitError(f"{path}: no rows")
+        for lineno, row in rows:
+            if not isinstance(row, dict):
+                raise LlmkitError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            missing = [c for c in info.columns if c not in row]
+            if missing:
+                raise LlmkitError(
+                    f"{path}:{lineno}: {name} needs column(s) {', '.join(missing)} (row has: {', '.join(row) or 'none'})"
+                )
+            bad = [f"{c} should be {t} (got {type(row[c]).__name__})" for c, t in info.columns.items() if not _type_ok(row[c], t)]
+            if bad:
+                raise LlmkitError(f"{path}:{lineno}: {name}: {'; '.join(bad)}")
+        checked.append(path)
+    return checked
+
+
+def markdown_table() -> str:
+    """The suite as a Markdown table (task, group, source, splits, chance, primary metric)."""
+    lines = ["| task | group | source | splits read | chance | primary metric |", "|---|---|---|---|---|---|"]
+    for t in TASKS.values():
+        source = "local only" if t.local_only else t.hub + (f" ({t.hub_config})" if t.hub_config else "")
+        chance = ", ".join(f"{m} {v:.3g}" for m, v in t.chance.items())
+        lines.append(f"| {t.name} | {t.group} | {source} | {', '.join(t.splits)} | {chance} | {t.result_key} |")
+    return "\n".join(lines)

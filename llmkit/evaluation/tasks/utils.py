@@ -1,0 +1,116 @@
+"""Document processing and scoring for llmkit's own lm-eval tasks (the YAML files beside this one).
+
+The harness imports this file by path (``!function utils.name`` in a task YAML), so it only
+imports from the installed ``llmkit`` package, never relatively.
+
+- conll2002_es: ``process_docs_conll`` adds ``text`` (the detokenised sentence) and ``target``
+  (the gold entities in the answer format of ``metrics.format_entities``); the model generates
+  one line, ``process_results_conll`` returns (tp, n_pred, n_gold) per sentence and the
+  ``micro_*`` aggregations pool them over the corpus.
+- sqac_es: SQuAD-style exact match and F1 with Spanish normalisation, max over gold answers.
+- sts_es: six choices "0".."5" scored by log-likelihood; the predicted similarity is the
+  probability-weighted mean of the choices (softmax over the six log-likelihoods), and
+  Pearson/Spearman are computed over the whole corpus by ``corpus_pearson``/``corpus_spearman``.
+- mldoc_es: ``process_docs_mldoc`` maps the Reuters codes to a gold index (an unknown code
+  stops the run with the offending value).
+"""
+
+from __future__ import annotations
+
+import math
+
+from llmkit.evaluation import metrics
+
+# ClassLabel order of the hub's conll2002 ``ner_tags``.
+CONLL_TAGS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC")
+MLDOC_LABELS = ("CCAT", "ECAT", "GCAT", "MCAT")
+STS_CHOICES = ("0", "1", "2", "3", "4", "5")
+
+_NO_SPACE_BEFORE = frozenset(",.;:!?)]}»%")
+_NO_SPACE_AFTER = frozenset("([{¿¡«")
+
+
+def detokenize(tokens: list[str]) -> str:
+    """Join CoNLL tokens into readable text: no space before ``, . ; : ! ? ) »`` or after ``( ¿ ¡ «``."""
+    out = ""
+    for tok in tokens:
+        if out and not (tok in _NO_SPACE_BEFORE or out[-1] in _NO_SPACE_AFTER):
+            out += " "
+        out += tok
+    return out
+
+
+def _tag_names(tags: list) -> list[str]:
+    return [CONLL_TAGS[t] if isinstance(t, int) else str(t) for t in tags]
+
+
+def gold_entities(doc: dict) -> list[tuple[str, str]]:
+    """The sentence's entities as (type, text), the text joined as in the prompt."""
+    return metrics.bio_to_entities(doc["tokens"], _tag_names(doc["ner_tags"]), join=detokenize)
+
+
+def process_docs_conll(dataset):
+    def _add_fields(doc):
+        return {"text": detokenize(doc["tokens"]), "target": metrics.format_entities(gold_entities(doc))}
+
+    return dataset.map(_add_fields)
+
+
+def process_results_conll(doc: dict, results: list[str]) -> dict:
+    counts = metrics.entity_counts(metrics.parse_entities(results[0]), gold_entities(doc))
+    return {"f1": counts, "precision": counts, "recall": counts}
+
+
+def micro_f1(items):
+    return metrics.micro_f1(items)
+
+
+def micro_precision(items):
+    return metrics.micro_precision(items)
+
+
+def micro_recall(items):
+    return metrics.micro_recall(items)
+
+
+def process_results_sqac(doc: dict, results: list[str]) -> dict:
+    pred, golds = results[0], doc["answers"]["text"]
+    return {"exact_match": metrics.qa_exact_match(pred, golds), "f1": metrics.qa_f1(pred, golds)}
+
+
+def sts_target(doc: dict) -> int:
+    """Index of the gold score rounded half up to an integer 0..5 (the text shown in few-shot examples)."""
+    return min(5, max(0, math.floor(float(doc["label"]) + 0.5)))
+
+
+def expected_score(loglikelihoods: list[float]) -> float:
+    """Probability-weighted mean of 0..5 under the softmax of the six choices' log-likelihoods."""
+    top = max(loglikelihoods)
+    weights = [math.exp(ll - top) for ll in loglikelihoods]
+    return sum(i * w for i, w in enumerate(weights)) / sum(weights)
+
+
+def process_results_sts(doc: dict, results: list) -> dict:
+    pred = expected_score([ll for ll, _is_greedy in results])
+    pair = (pred, float(doc["label"]))
+    return {"pearson": pair, "spearman": pair}
+
+
+def corpus_pearson(items):
+    preds, golds = zip(*items) if items else ((), ())
+    return metrics.pearson(list(preds), list(golds))
+
+
+def corpus_spearman(items):
+    preds, golds = zip(*items) if items else ((), ())
+    return metrics.spearman(list(preds), list(golds))
+
+
+def process_docs_mldoc(dataset):
+    def _add_gold(doc):
+        label = str(doc["label"]).strip().upper()
+        if label not in MLDOC_LABELS:
+            raise ValueError(f"mldoc_es: label {doc['label']!r} is not one of {', '.join(MLDOC_LABELS)}")
+        return {"gold": MLDOC_LABELS.index(label)}
+
+    return dataset.map(_add_gold)
