@@ -1,6 +1,8 @@
 # llmkit — one target per stage. `make help` lists them.
 # Variables: RECIPE (a folder in recipes/), ACCELERATE (a file in recipes/accelerate/, without
-# .yaml), NUM_PROCESSES, NUM_MACHINES, MAIN_PROCESS_IP, ARGS (--key value overrides), GPU=1.
+# .yaml), NUM_PROCESSES, NUM_MACHINES, MAIN_PROCESS_IP, MACHINE_RANK (multi-node by hand: run the
+# same make on every node with its rank; under SLURM use recipes/launch/slurm.sh), ARGS
+# (--key value overrides), GPU=1.
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -10,6 +12,7 @@ ACCELERATE ?=
 NUM_PROCESSES ?= 1
 NUM_MACHINES ?= 1
 MAIN_PROCESS_IP ?=
+MACHINE_RANK ?= 0
 ARGS ?=
 FORCE ?=
 ALGO ?= dpo
@@ -26,7 +29,7 @@ ifeq ($(ACCELERATE),)
 else
   LAUNCH := $(BIN)/accelerate launch --config_file recipes/accelerate/$(ACCELERATE).yaml \
             --num_processes $(NUM_PROCESSES) --num_machines $(NUM_MACHINES) $(if $(GPU),,--num_cpu_threads_per_process 1) \
-            $(if $(MAIN_PROCESS_IP),--main_process_ip $(MAIN_PROCESS_IP)) -m llmkit
+            $(if $(MAIN_PROCESS_IP),--main_process_ip $(MAIN_PROCESS_IP) --machine_rank $(MACHINE_RANK)) -m llmkit
 endif
 
 STAMP := $(VENV)/.llmkit-installed$(if $(GPU),-gpu)
