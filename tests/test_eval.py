@@ -262,3 +262,16 @@ def test_mldoc_needs_a_local_copy(tmp_path, vllm_base, capsys, monkeypatch):
     monkeypatch.delenv("LLMKIT_EVAL_DATA_DIR", raising=False)
     assert llmkit("eval", vllm_base, "--tasks", "mldoc_es", "--output_dir", tmp_path / "o") == 2
     assert "mldoc" in capsys.readouterr().err.lower()
+
+
+def test_chat_template_and_system_prompt_reach_the_prompts(tmp_path, vllm_base):
+    out = tmp_path / "chat"
+    res = _eval(out, vllm_base, "--tasks", "xquad_es", "--engine", "transformers", "--limit", "2", "--log_samples",
+                "--apply_chat_template", "--system_instruction", "Eres un asistente que responde en español.")
+    assert res["settings"]["apply_chat_template"] is True
+    prompt = _samples(out)["xquad_es"][0]["arguments"][0][0]
+    assert prompt.startswith("<|im_start|>system\nEres un asistente que responde en español.<|im_end|>\n<|im_start|>user\n")
+    assert prompt.endswith("<|im_start|>assistant\n")
+    plain = tmp_path / "plain"
+    _eval(plain, vllm_base, "--tasks", "xquad_es", "--engine", "transformers", "--limit", "2", "--log_samples")
+    assert "<|im_start|>" not in _samples(plain)["xquad_es"][0]["arguments"][0][0]
