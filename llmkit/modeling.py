@@ -4,6 +4,7 @@ building small models from a config, 4-bit quantization and LoRA (via TRL's help
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -133,6 +134,9 @@ def check_model_args(model_args, source: str) -> None:
         raise LlmkitError(f"{source}: dtype must be one of {list(DTYPES)}, got {model_args.dtype!r}")
     if model_args.load_in_4bit and model_args.load_in_8bit:
         raise LlmkitError(f"{source}: choose load_in_4bit or load_in_8bit, not both")
+    if (model_args.load_in_4bit or model_args.load_in_8bit) and importlib.util.find_spec("bitsandbytes") is None:
+        raise LlmkitError(f"{source}: load_in_4bit/load_in_8bit (QLoRA) need bitsandbytes, which is not installed: "
+                          "pip install bitsandbytes, or drop load_in_4bit/load_in_8bit to train LoRA in 16/32 bit")
     if model_args.bnb_4bit_quant_type not in ("nf4", "fp4"):
         raise LlmkitError(f"{source}: bnb_4bit_quant_type must be nf4 or fp4, got {model_args.bnb_4bit_quant_type!r}")
 

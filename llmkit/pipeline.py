@@ -119,6 +119,7 @@ def run_recipe(recipe: str | Path, force: bool = False, from_stage: str | None =
         name = s["name"]
         redo_rest = redo_rest or name == from_stage
         out = _output_dir(cfg)
+        runs.recover(out)  # a run stopped while moving into place counts as what it is
         manifest = runs.read_manifest(out)
         used = (manifest or {}).get("upstream", {})  # the input runs as they were when this run used them
         stale = sorted(d for d in deps.get(name, ()) if d in ran or (manifest and used.get(outs[d]) != finished.get(d)))

@@ -5,16 +5,20 @@ only at the very end writes ``manifest.json`` and renames the staging directory 
 ``<output_dir>``.  So a directory named like a run is always a finished run; a crash leaves a
 ``.partial`` directory that later stages refuse and that a re-run of the same config resumes.
 A finished run is replaced only with ``--overwrite``; a directory that is not an llmkit run is
-never written into.
+never written into.  A finalize() killed half way (between its renames) is finished or undone
+by ``recover`` the next time anything opens that output directory.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
+import glob
 import importlib.metadata
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import time
@@ -59,12 +63,73 @@ def read_manifest(path: str | Path) -> dict[str, Any] | None:
 
 def staging_path(output_dir: str | Path) -> Path:
     p = Path(output_dir)
+    if p.name in ("", ".", ".."):  # "." or "runs/..": name the directory itself
+        p = p.resolve()
+    if not p.name:
+        raise LlmkitError(f"{output_dir} cannot hold a run: choose a directory below it")
     return p.with_name(p.name + ".partial")
+
+
+def _rank_zero() -> bool:
+    """The main process of a distributed launch (torchrun/accelerate set RANK), read from the
+    environment so that checking an input run never starts a process group."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _replaced_runs(out: Path) -> list[Path]:
+    """The ``<out>.old-<time>`` directories finalize() leaves while it replaces a run, oldest first."""
+    if not out.parent.is_dir():
+        return []
+    pattern = re.compile(re.escape(out.name) + r"\.old-(\d+)")
+    found = [(int(m.group(1)), p) for p in out.parent.glob(glob.escape(out.name) + ".old-*")
+             if (m := pattern.fullmatch(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
+def _finalized(staging: Path) -> bool:
+    """A staging directory finalize() completed: its manifest is written and agrees with the
+    staging mark (same stage and config) that finalize() removes only after the rename."""
+    manifest, mark = read_manifest(staging), _read_json(staging / STAGING_MARK)
+    return bool(manifest and isinstance(mark, dict) and (manifest.get("stage"), manifest.get("config_hash")) == (mark.get("stage"), mark.get("config_hash")))
+
+
+def recover(output_dir: str | Path) -> None:
+    """Finish or undo a finalize() that was killed between its renames; never lose a finished run.
+
+    finalize() writes the manifest into ``<out>.partial``, moves a finished run it replaces
+    (``--overwrite``) to ``<out>.old-<time>``, moves the staging directory to ``<out>`` and
+    deletes the old run.  What a kill leaves, and what happens here:
+
+    * ``<out>`` holds a finished run: any ``<out>.old-*`` is the run it replaced; deleted.
+    * ``<out>`` is missing and ``<out>.partial`` holds its manifest (next to its staging mark):
+      that run was complete; it is moved into place (the ``.old-*`` then goes as above).
+    * ``<out>`` is missing otherwise: the newest finished ``<out>.old-*`` is moved back.
+
+    Called before a run directory is checked (check_output_dir, require_run, `llmkit run`);
+    only the main process moves anything."""
+    out = Path(output_dir)
+    if not _rank_zero() or not out.name or out.name in (".", ".."):
+        return
+    staging = staging_path(out)
+    if not out.exists():
+        old = [p for p in _replaced_runs(out) if read_manifest(p) is not None]
+        if _finalized(staging):
+            staging.rename(out)
+            print(f"llmkit: {staging} was a finished run stopped while moving into place: moved to {out}", flush=True)
+        elif old:
+            old[-1].rename(out)
+            print(f"llmkit: the run replaced with --overwrite was stopped half way; restored the previous run {old[-1]} to {out}", flush=True)
+    if out.is_dir() and read_manifest(out) is not None:
+        (out / STAGING_MARK).unlink(missing_ok=True)
+        for p in _replaced_runs(out):
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def check_output_dir(output_dir: str | Path, overwrite: bool) -> None:
     """Refuse, before any work, to write where a finished run or foreign files live."""
     out = Path(output_dir)
+    staging_path(out)  # refuses "/" before anything else
+    recover(out)
     if out.exists():
         if not out.is_dir():
             raise LlmkitError(f"output_dir {out} exists and is a file; choose another output_dir")
@@ -106,6 +171,49 @@ def open_staging(output_dir: str | Path, cfg: StageConfig, stage: str, overwrite
     return staging
 
 
+# Config keys that make a library write files.  transformers 5.19+ has no logging_dir (older
+# versions: TensorBoard's directory); any other *_dir key but output_dir is treated the same.
+WRITE_KEYS = ("logging_dir",)
+# from_pretrained arguments in TRL's model_init_kwargs that write (download cache, offloaded weights).
+WRITE_KWARGS = ("cache_dir", "offload_folder")
+
+
+def confine_write_paths(cfg: StageConfig, output_dir: str | Path) -> None:
+    """Config values that make a stage write files must point inside the run's output directory.
+
+    A path inside ``output_dir`` is redirected to the same place in ``<output_dir>.partial``
+    (where the run is written until it finishes, like its checkpoints); a path inside the
+    staging directory is kept; any other path (another directory, ``..``, a symlink leading
+    out) is refused.  Relative paths are read from the current directory, as the libraries do."""
+    out = Path(output_dir).expanduser().resolve()
+    staging = staging_path(out)
+
+    def inside(key: str, value: Any) -> Any:
+        if not isinstance(value, (str, Path)) or not str(value):
+            return value
+        p = Path(value).expanduser().resolve()
+        if p == staging or staging in p.parents:
+            return value
+        if p == out or out in p.parents:
+            return str(staging / p.relative_to(out))
+        raise LlmkitError(
+            f"{cfg.source}: {key}={str(value)!r} would write outside the run's output directory {out}; "
+            f"point it inside output_dir (e.g. {out / Path(str(value)).name}) or remove the key"
+        )
+
+    for args in cfg.args:
+        if not dataclasses.is_dataclass(args):
+            continue
+        for f in dataclasses.fields(args):
+            value = getattr(args, f.name, None)
+            if f.name != "output_dir" and (f.name in WRITE_KEYS or f.name.endswith("_dir")):
+                setattr(args, f.name, inside(f.name, value))
+            elif f.name == "model_init_kwargs" and isinstance(value, dict):
+                for k in WRITE_KWARGS:
+                    if k in value:
+                        value[k] = inside(f"model_init_kwargs.{k}", value[k])
+
+
 SECRET_KEYS = {"hub_token", "push_to_hub_token", "token", "api_key", "hub_private_repo_token"}
 
 
@@ -126,14 +234,16 @@ def write_configs(directory: Path, cfg: StageConfig) -> None:
 def finalize(staging: Path, output_dir: str | Path, manifest: dict[str, Any]) -> Path:
     """Write the manifest last, then atomically move the staging dir into place.
 
-    Killed at any point, this leaves either ``<out>.partial`` (still marked as this config's
-    unfinished run, so the same command resumes it) or the finished ``<out>``."""
+    Killed at any point, this leaves ``<out>.partial`` (still marked as this config's
+    unfinished run, so the same command resumes it), the finished ``<out>``, or (killed
+    between the renames of an --overwrite, or before the staging dir moved) a state that
+    ``recover`` finishes or undoes on the next start."""
     out = Path(output_dir)
     if is_main_process():
         _write_json(staging / MANIFEST, manifest)
         old = None
-        if out.exists():  # --overwrite of a finished run: keep it until the new one is in place
-            old = out.with_name(f"{out.name}.old-{int(time.time())}")
+        if out.exists():  # --overwrite of a finished run: keep it until the new one is in place (see recover)
+            old = out.with_name(f"{out.name}.old-{time.time_ns()}")
             out.rename(old)
         staging.rename(out)
         (out / STAGING_MARK).unlink(missing_ok=True)
@@ -195,6 +305,7 @@ def require_run(path: str | Path, what: str) -> dict[str, Any] | None:
     plain HF directories and hub ids. Unfinished runs are refused."""
     p = Path(path)
     staging = staging_path(p)
+    recover(p)
     if not p.exists():
         if staging.exists():
             raise LlmkitError(
@@ -277,10 +388,19 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a metrics.jsonl; a line cut short by a killed run is skipped."""
     f = Path(path)
     if not f.is_file():
         return []
-    return [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    rows = []
+    for line in f.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
 
 
 def plot_curves(metrics_file: str | Path, png: str | Path, keys: tuple[str, ...] = ("loss", "eval_loss"), title: str = "") -> bool:

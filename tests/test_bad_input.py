@@ -516,6 +516,16 @@ def assistant_only_loss_without_generation_markers(c: Ctx):
 
 
 @case
+def model_init_kwargs_cache_dir_outside_output_dir(c: Ctx):
+    return c.sft(model_init_kwargs={"cache_dir": str(c.tmp / "hf_cache")}), ["model_init_kwargs.cache_dir", "outside", str(c.out)]
+
+
+@case
+def output_dir_is_the_filesystem_root(c: Ctx):
+    return c.tokenizer(output_dir="/"), ["cannot hold a run"]
+
+
+@case
 def chat_template_file_missing(c: Ctx):
     missing = c.tmp / "missing.jinja"
     return c.sft(chat_template=str(missing)), [str(missing)]

@@ -45,6 +45,8 @@ def _same_trajectory(a: list[float], b: list[float]) -> None:
     for i, (x, y) in enumerate(zip(a, b)):
         assert abs(x - y) <= LOSS_TOL * max(1.0, abs(x)), f"step {i + 1}: {x} vs {y}"
     assert a[0] != a[-1]  # the model did train
+    print(f"\nloss trajectories, {len(a)} steps: max relative difference "
+          f"{max(abs(x - y) / max(1.0, abs(x)) for x, y in zip(a, b)):.2e}")
 
 
 def _only_main_wrote(r, tmp_path: Path, stage: str) -> None:

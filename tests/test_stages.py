@@ -282,8 +282,9 @@ def test_resume_ignores_an_incomplete_newest_checkpoint(tmp_path):
     for step, complete in ((10, True), (20, True), (30, False)):
         d = tmp_path / f"checkpoint-{step}"
         d.mkdir()
+        (d / "model.safetensors").write_bytes(b"w")
         if complete:
-            (d / "trainer_state.json").write_text("{}")
+            (d / "trainer_state.json").write_text(json.dumps({"global_step": step}))
     (tmp_path / "checkpoint-x").mkdir()
     assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-20")
     assert last_checkpoint(tmp_path / "missing") is None

@@ -1,10 +1,15 @@
-"""Helpers shared by the training stages: device-aware defaults, value checks, the trainer run
-with resume from the staging directory, and the end-of-stage bookkeeping."""
+"""Helpers shared by the training stages: device-aware defaults, value checks, the free-disk
+check, checkpoints (which are complete, retention), the trainer run with resume from the
+staging directory, and the end-of-stage bookkeeping."""
 
 from __future__ import annotations
 
 import contextlib
+import json
+import math
+import os
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -72,6 +77,7 @@ def check_training_args(args, cfg: StageConfig) -> None:
         raise LlmkitError(f"{src}: fp16 needs a GPU; on CPU train in float32 (default) or set bf16: true")
     if not args.output_dir:
         raise LlmkitError(f"{src}: output_dir is required")
+    runs.confine_write_paths(cfg, args.output_dir)
 
 
 def check_trainer_stage(cfg: StageConfig, margs, targs, what: str = "model (model_name_or_path)"):
@@ -87,24 +93,168 @@ def check_trainer_stage(cfg: StageConfig, margs, targs, what: str = "model (mode
     return modeling.peft_config(margs)
 
 
-def last_checkpoint(ckpt_dir: Path) -> str | None:
-    """The newest complete checkpoint (one that holds trainer_state.json) or None."""
+_CHECKPOINT = re.compile(r"checkpoint-(\d+)")
+# what a checkpoint's weights are written as: safetensors or .bin (single or sharded with an
+# index), an FSDP sharded state dict, a DeepSpeed global_step directory
+_WEIGHTS = ("model.safetensors", "adapter_model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+            "adapter_model.bin", "pytorch_model.bin.index.json", "pytorch_model_fsdp_*", "global_step*")
+
+
+def _checkpoint_dirs(ckpt_dir: Path) -> list[tuple[int, Path]]:
+    """(step, directory) of every ``checkpoint-N`` directory, oldest first."""
     if not ckpt_dir.is_dir():
-        return None
-    found = []
-    for d in ckpt_dir.iterdir():
-        m = re.fullmatch(r"checkpoint-(\d+)", d.name)
-        if m and d.is_dir() and (d / "trainer_state.json").is_file():
-            found.append((int(m.group(1)), d))
-    return str(max(found)[1]) if found else None
+        return []
+    found = [(int(m.group(1)), d) for d in ckpt_dir.iterdir() if (m := _CHECKPOINT.fullmatch(d.name)) and d.is_dir()]
+    return sorted(found)
 
 
-def open_trainer_staging(targs, cfg: StageConfig, stage: str, overwrite: bool, has_eval: bool = True) -> tuple[Path, str]:
-    """Open the run's staging directory and point the trainer's checkpoints into it (evaluation
-    off when there is no held-out set). Returns (staging dir, final output_dir)."""
+def checkpoint_complete(d: Path) -> bool:
+    """A checkpoint is complete when its trainer_state.json (which the Trainer and the ppo stage
+    write last) is whole JSON for the step in the directory's name, and its weights are there.
+    A run killed while saving, or while retention deleted an old checkpoint, leaves neither."""
+    m = _CHECKPOINT.fullmatch(d.name)
+    try:
+        state = json.loads((d / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if not m or not isinstance(state, dict) or state.get("global_step") != int(m.group(1)):
+        return False
+    return any(next(d.glob(pattern), None) is not None for pattern in _WEIGHTS)
+
+
+def last_checkpoint(ckpt_dir: Path) -> str | None:
+    """The newest complete checkpoint or None."""
+    complete = [d for _, d in _checkpoint_dirs(ckpt_dir) if checkpoint_complete(d)]
+    return str(complete[-1]) if complete else None
+
+
+def discard_incomplete_checkpoints(ckpt_dir: Path) -> None:
+    """Delete the checkpoints a killed run left half written (main process), before resuming:
+    they are never resumed from, and the Trainer's retention (save_total_limit) would count
+    them, and could keep one of them instead of the newest complete checkpoint."""
+    if not runs.is_main_process():
+        return
+    for _, d in _checkpoint_dirs(ckpt_dir):
+        if not checkpoint_complete(d):
+            print(f"llmkit: removing the incomplete checkpoint {d} (the run was stopped while writing it)", flush=True)
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def rotate_checkpoints(ckpt_dir: Path, limit: int | None) -> None:
+    """Keep the newest ``limit`` complete checkpoints (for stages that save their own, ppo):
+    only complete ones count, so the newest complete checkpoint is never deleted."""
+    if not limit or limit <= 0:
+        return
+    complete = [d for _, d in _checkpoint_dirs(ckpt_dir) if checkpoint_complete(d)]
+    for d in complete[:-limit]:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- free disk space
+
+# per save, besides the weights and the optimizer: tokenizer, configs, RNG, scheduler and trainer state
+SAVE_OVERHEAD = 16 * 2**20
+SKIP_DISK_CHECK = "LLMKIT_SKIP_DISK_CHECK"
+
+
+def free_disk_bytes(path: Path) -> int:
+    """Free bytes on the filesystem that holds ``path`` (or its nearest existing parent)."""
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return shutil.disk_usage(p).free
+
+
+def _lora_parameters(model, lora) -> int:
+    """Parameters ``lora`` will add to ``model``: PEFT applied to a weightless (meta) copy."""
+    import copy
+
+    import torch
+    from peft import get_peft_model
+
+    try:
+        with torch.device("meta"):
+            shell = type(model)(copy.deepcopy(model.config))
+        return sum(p.numel() for p in get_peft_model(shell, copy.deepcopy(lora)).parameters() if p.requires_grad)
+    except Exception:  # an architecture that cannot be rebuilt from its config: r x (in + out) of every linear layer
+        r = lora.r or 8
+        return sum(r * (m.in_features + m.out_features) for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
+def model_footprint(model, lora=None) -> tuple[int, int, int]:
+    """(bytes of the weights a save writes, trainable parameters, bytes of the whole model).
+
+    With ``lora`` (a LoRA config the trainer will apply) or for a PEFT model, a save writes the
+    adapter only (float32, PEFT's default); otherwise the whole model in its own dtype."""
+    params = list(model.parameters())
+    whole = sum(p.numel() * p.element_size() for p in params)
+    if lora is not None:
+        n = _lora_parameters(model, lora)
+        return 4 * n, n, whole
+    trainable = [p for p in params if p.requires_grad]
+    saved = sum(p.numel() * p.element_size() for p in trainable) if hasattr(model, "peft_config") else whole
+    return saved, sum(p.numel() for p in trainable), whole
+
+
+def disk_budget(targs, weights: int, trainable: int, final: int) -> tuple[int, int, int]:
+    """(bytes a run writes at its peak, checkpoints kept, bytes per checkpoint).
+
+    checkpoint = weights + optimizer state (AdamW: 2 float32 values per trainable parameter;
+                 none with save_only_model) + SAVE_OVERHEAD
+    kept       = save_total_limit (without one: max_steps / save_steps, else 1); none with
+                 save_strategy: no
+    peak       = the larger of (kept + 1) checkpoints (a new one is written before the oldest
+                 is deleted) and kept checkpoints + the final model, plus 10 %"""
+    per = weights + (0 if getattr(targs, "save_only_model", False) else 8 * trainable) + SAVE_OVERHEAD
+    strategy = getattr(targs.save_strategy, "value", targs.save_strategy)
+    if strategy == "no":
+        kept = 0
+    elif targs.save_total_limit and targs.save_total_limit > 0:
+        kept = targs.save_total_limit
+    elif targs.max_steps > 0 and targs.save_steps:
+        kept = max(1, int(targs.max_steps // targs.save_steps) if targs.save_steps >= 1 else math.ceil(1 / targs.save_steps))
+    else:
+        kept = 1
+    peak = max((kept + 1) * per if kept else 0, kept * per + final + SAVE_OVERHEAD)
+    return int(peak * 1.1), kept, per
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+def check_disk_space(targs, cfg: StageConfig, staging: Path, weights: int, trainable: int, final: int, extra: int = 0) -> None:
+    """Refuse, before the staging directory exists, a run whose checkpoints and final model will
+    not fit on the output directory's filesystem (see disk_budget).  Checkpoints a resumed run
+    already has count as written.  LLMKIT_SKIP_DISK_CHECK=1 skips the check."""
+    if os.environ.get(SKIP_DISK_CHECK, "0") not in ("0", "", "false"):
+        return
+    need, kept, per = disk_budget(targs, weights, trainable, final)
+    ckpts = staging / "checkpoints"
+    written = sum(f.stat().st_size for f in ckpts.rglob("*") if f.is_file()) if ckpts.is_dir() else 0
+    need = max(need + extra - written, 0)
+    free = free_disk_bytes(staging)
+    if need > free:
+        raise LlmkitError(
+            f"{cfg.source}: not enough free disk space for this run: it needs about {_gb(need)} next to {staging} "
+            f"({kept} checkpoints kept by save_total_limit + 1 being written, {_gb(per)} each with the optimizer state, "
+            f"and the final model {_gb(final)}) but only {_gb(free)} are free. Free some space, lower save_total_limit "
+            f"(or set save_only_model: true / save_strategy: no), or choose an output_dir on another disk "
+            f"({SKIP_DISK_CHECK}=1 skips this check)"
+        )
+
+
+def open_trainer_staging(targs, cfg: StageConfig, stage: str, overwrite: bool, model, lora=None, has_eval: bool = True,
+                         final_full_model: bool = False, extra_bytes: int = 0) -> tuple[Path, str]:
+    """Check the free disk space for ``model`` (with ``lora`` when the trainer applies it; the
+    final save is the whole model with ``final_full_model``), then open the run's staging
+    directory and point the trainer's checkpoints into it (evaluation off when there is no
+    held-out set). Returns (staging dir, final output_dir)."""
     from transformers.trainer_utils import IntervalStrategy
 
     output_dir = targs.output_dir
+    weights, trainable, whole = model_footprint(model, lora)
+    check_disk_space(targs, cfg, runs.staging_path(output_dir), weights, trainable, whole if final_full_model else weights, extra_bytes)
     staging = runs.open_staging(output_dir, cfg, stage, overwrite)
     targs.output_dir = str(staging / "checkpoints")
     if not has_eval:
@@ -156,13 +306,23 @@ def stop_on_signal():
             signal.signal(s, h)
 
 
+def drop_metrics_after(metrics_file: Path, step: int) -> None:
+    """Forget what a killed run logged after the checkpoint it resumes from (those steps are
+    trained and logged again)."""
+    if metrics_file.exists():
+        kept = [r for r in runs.read_metrics(metrics_file) if r.get("step", 0) <= step]
+        metrics_file.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
+
+
 def train(trainer, staging: Path):
     """Run trainer.train(), resuming from the newest checkpoint of an interrupted run; after a
     SIGTERM/SIGINT the current step ends, a checkpoint is written and StageInterrupted is
     raised, so the run directory stays `.partial` and the same command resumes from it."""
+    discard_incomplete_checkpoints(staging / "checkpoints")
     resume = last_checkpoint(staging / "checkpoints")
     if resume and runs.is_main_process():
         print(f"llmkit: resuming from {resume}", flush=True)
+        drop_metrics_after(staging / "metrics.jsonl", int(Path(resume).name.split("-")[1]))
     with stop_on_signal() as flag:
         trainer.add_callback(_stop_on_signal_callback(flag))
         result = trainer.train(resume_from_checkpoint=resume)

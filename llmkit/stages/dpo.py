@@ -109,7 +109,7 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     modeling.check_lora_targets(policy, lora, cfg.source)
     ref = None if lora is not None else modeling.load_merged(margs, dargs.trust_remote_code).eval().requires_grad_(False)
 
-    staging, output_dir = common.open_trainer_staging(dargs, cfg, STAGE, overwrite, has_eval=eval_ds is not None)
+    staging, output_dir = common.open_trainer_staging(dargs, cfg, STAGE, overwrite, policy, lora, has_eval=eval_ds is not None)
     trainer = DPOTrainer(
         model=policy,
         ref_model=ref,

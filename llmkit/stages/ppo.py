@@ -59,7 +59,6 @@ import dataclasses
 import json
 import math
 import random
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -461,9 +460,7 @@ class Run:
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:  # the marker last: only complete checkpoints are resumed
             (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": step, "kl_coef": self.kl.value, **extra}))
-            old = sorted((d for d in ckpt.parent.glob("checkpoint-*") if d.name.split("-")[-1].isdigit()), key=lambda d: int(d.name.split("-")[-1]))
-            for d in old[: -self.p.save_total_limit] if self.p.save_total_limit else []:
-                shutil.rmtree(d, ignore_errors=True)
+            common.rotate_checkpoints(ckpt.parent, self.p.save_total_limit)
         self.acc.wait_for_everyone()
 
     def load_checkpoint(self, ckpt: Path) -> dict:
@@ -613,6 +610,10 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     set_seed(p.seed + rank)  # each process samples its own completions
 
     # ---- from here on, everything is written into the staging directory
+    policy_bytes, policy_trainable, _ = common.model_footprint(policy)
+    value_bytes, value_trainable, _ = common.model_footprint(value)  # checkpoints and the run hold value_model/ too
+    common.check_disk_space(p, cfg, runs.staging_path(p.output_dir), policy_bytes + value_bytes, policy_trainable + value_trainable,
+                            policy_bytes + value_bytes)
     staging = runs.open_staging(p.output_dir, cfg, STAGE, overwrite)
     output_dir = p.output_dir
     metrics_file = staging / "metrics.jsonl"
@@ -621,6 +622,7 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
                      "reward_sources": (["model"] if reward is not None else []) + [n for n, _ in funcs]}
     held_mine, held_ids_mine = held[rank::world], held_ids[rank::world]
     start, state_extra = 0, {}
+    common.discard_incomplete_checkpoints(staging / "checkpoints")
     resume = common.last_checkpoint(staging / "checkpoints")
     if resume:
         if acc.is_main_process:
@@ -628,9 +630,8 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
         saved = run.load_checkpoint(Path(resume))
         start = int(saved["global_step"])
         state_extra = {k: saved[k] for k in ("eval_reward_before",) if k in saved}
-        if acc.is_main_process and metrics_file.exists():  # drop what was logged after the checkpoint
-            kept = [r for r in runs.read_metrics(metrics_file) if r["step"] <= start]
-            metrics_file.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
+        if acc.is_main_process:
+            common.drop_metrics_after(metrics_file, start)
         acc.wait_for_everyone()
     samples_before: list = []
     if held and "eval_reward_before" not in state_extra:

@@ -101,7 +101,7 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     n_params = sum(p.numel() for p in model.parameters())
 
     # ---- from here on, everything is written into the staging directory
-    staging, output_dir = common.open_trainer_staging(targs, cfg, STAGE, overwrite, has_eval=bool(eval_blocks))
+    staging, output_dir = common.open_trainer_staging(targs, cfg, STAGE, overwrite, model, has_eval=bool(eval_blocks))
     if runs.is_main_process():
         print(f"llmkit pretrain: {n_params / 1e6:.2f}M parameters, {len(train_blocks)} train blocks x {a.block_size} tokens", flush=True)
 

@@ -98,7 +98,8 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     model.config.pad_token_id = tokenizer.pad_token_id
     modeling.check_lora_targets(model, lora, cfg.source)
 
-    staging, output_dir = common.open_trainer_staging(rargs, cfg, STAGE, overwrite, has_eval=eval_ds is not None)
+    staging, output_dir = common.open_trainer_staging(rargs, cfg, STAGE, overwrite, model, lora, has_eval=eval_ds is not None,
+                                                      final_full_model=True)  # LoRA is merged into the saved model
     trainer = RewardTrainer(
         model=model,
         args=rargs,

@@ -126,18 +126,19 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     model = modeling.load_causal_lm(margs, trust_remote_code=sargs.trust_remote_code)
     model.generation_config.eos_token_id = modeling.stop_token_ids(tokenizer)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    if not modeling.is_adapter_dir(margs.model_name_or_path):
-        modeling.check_lora_targets(model, lora, cfg.source)
+    if modeling.is_adapter_dir(margs.model_name_or_path):
+        lora = None  # the adapter of the run keeps training
+    modeling.check_lora_targets(model, lora, cfg.source)
 
     # ---- from here on, everything is written into the staging directory
-    staging, output_dir = common.open_trainer_staging(sargs, cfg, STAGE, overwrite, has_eval=eval_ds is not None)
+    staging, output_dir = common.open_trainer_staging(sargs, cfg, STAGE, overwrite, model, lora, has_eval=eval_ds is not None)
     trainer = SFTTrainer(
         model=model,
         args=sargs,
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=tokenizer,
-        peft_config=lora if not modeling.is_adapter_dir(margs.model_name_or_path) else None,
+        peft_config=lora,
         callbacks=[runs.make_metrics_callback(staging / "metrics.jsonl")],
     )
     metrics: dict = {"train_rows": len(train_ds), "layout": layout, "mode": _mode(margs)}
