@@ -109,8 +109,9 @@ PORT ?= 8000
 chat: setup ## chat in the terminal with a stage of the recipe (STAGE=sft) or a server (URL=http://...)
 	$(BIN)/llmkit chat $(or $(URL),$(RUN),runs/$(RECIPE)/$(STAGE)) $(ARGS)
 
-bench: setup ## CPU benchmarks (bench/): eval and serving, vLLM vs transformers; writes bench/results/
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python bench/run.py $(ARGS)
+bench: setup ## benchmarks (bench/): training vs plain TRL, eval and serving vLLM vs transformers; bench/results/
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python bench/train.py $(ARGS)
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python bench/run.py
 
 clean: ## remove runs/ and caches (keeps .venv)
 	rm -rf runs .cache .pytest_cache

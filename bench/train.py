@@ -1,0 +1,573 @@
+"""Training throughput and memory: llmkit's stages against plain TRL scripts, same run, same machine.
+
+    python bench/train.py [--only pretrain,sft_full,sft_lora,dpo,grpo] [--steps N] [--repeats R]
+                          [--threads T] [--out bench/results]
+
+For each task, two sides train the same model on the same data with the same budget:
+
+  llmkit  the real stage, `llmkit.cli.main(["<stage>", "--key", "value", ...])`, with llmkit's
+          defaults (its held-out split, before/after evaluation, metrics callback, ...);
+  trl     bench/trl_baselines/<task>.py: the few lines a TRL user writes with TRL's defaults
+          (transformers.Trainer + DataCollatorForLanguageModeling for pretraining).
+
+Both sides get the same model directory, data file, max_length (pretrain: block_size = max_length),
+per-device batch, number of optimizer steps, learning rate and LoRA r/alpha/dropout/targets;
+everything else is each side's default (bench/README.md lists where the defaults differ).
+
+  pretrain  full, data/corpus_train.jsonl        sft_full  full, data/sft_train.jsonl
+  sft_lora  LoRA, data/sft_train.jsonl            dpo       LoRA, data/preferences_train.jsonl
+  grpo      LoRA, data/math_easy_train.jsonl (2 prompts x 8 completions of <= 64 tokens per step)
+
+The model (built once, cached in .cache/bench/train/): a byte-level BPE tokenizer trained by
+`llmkit tokenizer` on data/corpus_train.jsonl (vocab 2000) and a random Llama with hidden 256,
+intermediate 688, 4 layers, 4 heads (4 KV heads), untied embeddings: 4.19M parameters, big enough
+that the step dominates Python overhead on a CPU, small enough for 2 cores.
+
+Every side runs in its own subprocess (`python bench/train.py --child SPEC`), which wraps
+transformers.Trainer before the stage or the script builds its trainer, so that both sides are
+measured by the same code:
+
+  tokens     non-padding tokens of every training forward, counted in compute_loss:
+             attention_mask.sum() (SFT; DPO: chosen + rejected; pretraining with padding),
+             prompt_mask.sum() + completion_mask.sum() (GRPO: prompt and sampled completion up to
+             its EOS), every position of llmkit's packed pretraining blocks (they hold no padding),
+             positions before the padding tail for padding-free batches. "Positions" counts
+             padding too (the work the model actually does).
+  time       wall time from the end of optimizer step 1 to the end of the last step (step 1, with
+             its lazy initialisation, is the warm-up). It includes everything the loop does between
+             steps: collation, GRPO generation and rewards, logging, callbacks, and any evaluation
+             or checkpoint the side's defaults schedule there. Outside it, reported apart: model
+             loading, data preparation, llmkit's before/after evaluation and samples, and what
+             trainer.train() does after the last step (the end-of-training evaluation that a
+             step-based eval strategy adds, the final checkpoint).
+  tokens/s   tokens of steps 2..N / that time.
+  peak MiB   peak resident memory (VmHWM) during trainer.train(): the high-water mark is reset
+             (/proc/self/clear_refs) when training begins, so it is the memory held at the start
+             of training plus what the loop adds. The whole process's peak (ru_maxrss, loading and
+             llmkit's evaluation included) is reported too.
+  loss       the last training step's loss (GRPO: also the mean reward of the last step).
+
+Each side runs --repeats times (default 2), alternating which side goes first; medians are
+reported. Ratios are llmkit / TRL: tokens/s above 1 means llmkit is faster, peak memory below 1
+means it uses less. On a shared machine use --threads 1: with several torch threads, a CPU that
+another process keeps busy can make a step many times slower (measured: 30x) and the ratios
+meaningless. --llmkit-extra adds llmkit overrides for diagnosis (recorded in the results).
+Results: <out>/train-cpu.json, train-cpu.md and train-cpu.png (the ratios as bars). CPU only
+(both sides train in float32 on the CPU). bench/README.md explains how to read them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BASELINES = REPO / "bench" / "trl_baselines"
+WORK = REPO / ".cache" / "bench" / "train"
+
+MODEL_SHAPE = {"hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 4, "num_attention_heads": 4,
+               "num_key_value_heads": 4, "max_position_embeddings": 1024, "tie_word_embeddings": False}
+VOCAB = 2000
+MAX_LENGTH = 256
+LORA = {"lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "lora_target_modules": "all-linear"}
+
+# task -> (llmkit stage, baseline script, data file, per-device batch, learning rate, LoRA?)
+TASKS = {
+    "pretrain": ("pretrain", "pretrain.py", "data/corpus_train.jsonl", 8, 3e-4, False),
+    "sft_full": ("sft", "sft.py", "data/sft_train.jsonl", 8, 1e-4, False),
+    "sft_lora": ("sft", "sft.py", "data/sft_train.jsonl", 8, 2e-4, True),
+    "dpo": ("dpo", "dpo.py", "data/preferences_train.jsonl", 8, 5e-5, True),
+    "grpo": ("grpo", "grpo.py", "data/math_easy_train.jsonl", 16, 1e-5, True),
+}
+GRPO = {"num_generations": 8, "max_completion_length": 64}
+
+
+# --------------------------------------------------------------------------- the shared model
+
+def build_model() -> Path:
+    """Tokenizer (llmkit tokenizer stage) and a random Llama of MODEL_SHAPE, saved once."""
+    name = "model-h{hidden_size}-l{num_hidden_layers}".format(**MODEL_SHAPE)
+    model_dir, tok_dir = WORK / name, WORK / "tokenizer"
+    if (model_dir / "config.json").is_file():
+        return model_dir
+    WORK.mkdir(parents=True, exist_ok=True)
+    if not (tok_dir / "tokenizer.json").is_file():
+        shutil.rmtree(tok_dir, ignore_errors=True)
+        shutil.rmtree(f"{tok_dir}.partial", ignore_errors=True)
+        code = "import sys; from llmkit.cli import main; sys.exit(main(sys.argv[1:]))"
+        subprocess.run([sys.executable, "-c", code, "tokenizer", "--output_dir", str(tok_dir),
+                        "--datasets", str(REPO / "data/corpus_train.jsonl"), "--vocab_size", str(VOCAB)],
+                       check=True, cwd=REPO)
+    code = f"""
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+tok = AutoTokenizer.from_pretrained({str(tok_dir)!r})
+cfg = LlamaConfig(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                  pad_token_id=tok.pad_token_id, **{MODEL_SHAPE!r})
+torch.manual_seed(0)
+model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+print(f"bench model: {{sum(p.numel() for p in model.parameters()) / 1e6:.2f}}M parameters")
+model.save_pretrained({str(model_dir)!r})
+tok.save_pretrained({str(model_dir)!r})
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+    return model_dir
+
+
+# --------------------------------------------------------------------------- the two command lines
+
+def llmkit_argv(task: str, model: Path, out: Path, steps: int) -> list[str]:
+    stage, _, data, batch, lr, lora = TASKS[task]
+    argv = [stage, "--model_name_or_path", str(model), "--datasets", str(REPO / data), "--output_dir", str(out),
+            "--max_steps", str(steps), "--per_device_train_batch_size", str(batch), "--learning_rate", str(lr)]
+    argv += ["--block_size", str(MAX_LENGTH)] if stage == "pretrain" else []
+    argv += ["--max_length", str(MAX_LENGTH)] if stage in ("sft", "dpo") else []
+    if stage == "grpo":
+        argv += [x for k, v in GRPO.items() for x in (f"--{k}", str(v))]
+    if lora:
+        argv += ["--use_peft", "true"] + [x for k, v in LORA.items() for x in (f"--{k}", str(v))]
+    return argv
+
+
+def trl_argv(task: str, model: Path, out: Path, steps: int) -> list[str]:
+    _, _, data, batch, lr, lora = TASKS[task]
+    argv = ["--model", str(model), "--data", str(REPO / data), "--output_dir", str(out), "--max_steps", str(steps),
+            "--per_device_train_batch_size", str(batch), "--learning_rate", str(lr), "--max_length", str(MAX_LENGTH)]
+    if task == "grpo":
+        argv += [x for k, v in GRPO.items() for x in (f"--{k}", str(v))]
+    if lora:
+        argv += [x for k, v in LORA.items() for x in (f"--{k}", str(v))]
+    return argv
+
+
+# --------------------------------------------------------------------------- child: one measured run
+
+def _proc_status(key: str) -> int | None:
+    """VmRSS / VmHWM of this process in bytes (Linux), or None."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _count_tokens(inputs) -> tuple[int, int]:
+    """(non-padding tokens, tokens including padding) of one training batch; see the module doc."""
+    if not hasattr(inputs, "keys"):
+        return 0, 0
+    if "prompt_mask" in inputs and "completion_mask" in inputs:  # GRPO
+        pm, cm = inputs["prompt_mask"], inputs["completion_mask"]
+        return int(pm.sum()) + int(cm.sum()), pm.numel() + cm.numel()
+    if "attention_mask" in inputs:
+        am = inputs["attention_mask"]
+        return int(am.sum()), am.numel()
+    if "position_ids" in inputs and "input_ids" in inputs:  # padding-free: pads are a tail of position 0
+        pos = inputs["position_ids"].reshape(-1).tolist()
+        tail = 0
+        while tail < len(pos) and pos[len(pos) - 1 - tail] == 0:
+            tail += 1
+        return len(pos) - tail, len(pos)
+    if "input_ids" in inputs:  # packed blocks without any padding
+        n = inputs["input_ids"].numel()
+        return n, n
+    return 0, 0
+
+
+def install_probes(rec: dict) -> None:
+    """Wrap transformers.Trainer so that every trainer built after this (llmkit's or the script's)
+    reports step times, tokens, losses and memory into ``rec``."""
+    import torch
+    import transformers
+    from transformers import TrainerCallback
+
+    class Probe(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            try:  # reset the peak-RSS high-water mark to the current RSS (Linux >= 4.0)
+                with open("/proc/self/clear_refs", "w") as fh:
+                    fh.write("5")
+                rec["hwm_reset"] = True
+            except OSError:
+                rec["hwm_reset"] = False
+            rec["rss_train_start"] = _proc_status("VmRSS")
+            rec["rss_max_sampled"] = rec["rss_train_start"] or 0
+            rec["t_train_begin"] = time.perf_counter()
+            rec["in_train"] = True
+
+        def on_step_end(self, args, state, control, **kw):
+            metrics = getattr(rec.get("_trainer"), "_metrics", None)
+            if isinstance(metrics, dict) and metrics.get("train", {}).get("reward"):
+                rec["last_reward"] = float(metrics["train"]["reward"][-1])
+            rec["steps"].append((time.perf_counter(), rec["tokens"], rec["padded_tokens"], rec["eval_s"]))
+            rec["rss_max_sampled"] = max(rec["rss_max_sampled"], _proc_status("VmRSS") or 0)
+
+        def on_train_end(self, args, state, control, **kw):
+            rec["t_train_end"] = time.perf_counter()
+            rec["eval_s_at_train_end"] = rec["eval_s"]
+            rec["in_train"] = False
+            rec["rss_train_peak"] = _proc_status("VmHWM") if rec.get("hwm_reset") else rec["rss_max_sampled"]
+            rec["global_step"] = state.global_step
+
+    init = transformers.Trainer.__init__
+    evaluate = transformers.Trainer.evaluate
+
+    def patched_init(self, *a, **k):
+        init(self, *a, **k)
+        rec["trainer"] = type(self).__name__
+        rec["_trainer"] = self
+        rec["args"] = {k: str(getattr(self.args, k, None)) for k in (
+            "per_device_train_batch_size", "learning_rate", "max_steps", "logging_steps", "eval_strategy", "eval_steps",
+            "save_steps", "include_num_input_tokens_seen", "gradient_checkpointing", "bf16", "use_cpu", "packing",
+            "padding_free", "max_length", "warmup_steps", "lr_scheduler_type", "weight_decay", "optim", "report_to",
+            "num_generations", "max_completion_length", "beta", "loss_type", "assistant_only_loss", "completion_only_loss")}
+        rec["trainable_parameters"] = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        rec["callbacks"] = [type(c).__name__ for c in self.callback_handler.callbacks]
+        self.add_callback(Probe())
+        compute_loss = self.compute_loss
+
+        def counted(model, inputs, *a, **k):
+            out = compute_loss(model, inputs, *a, **k)
+            if rec["in_train"] and torch.is_grad_enabled():
+                n, padded = _count_tokens(inputs)
+                rec["tokens"] += n
+                rec["padded_tokens"] += padded
+                loss = out[0] if isinstance(out, tuple) else out
+                rec["last_loss"] = float(loss.detach().float().mean())
+            return out
+
+        self.compute_loss = counted
+
+    def timed_evaluate(self, *a, **k):
+        t = time.perf_counter()
+        try:
+            return evaluate(self, *a, **k)
+        finally:
+            if rec["in_train"]:  # Trainer.train() calls evaluate() itself: periodic and end-of-training evaluation
+                rec["eval_s"] += time.perf_counter() - t
+                rec["evals_in_loop"] += 1
+
+    transformers.Trainer.__init__ = patched_init
+    transformers.Trainer.evaluate = timed_evaluate
+
+
+def summarize(rec: dict) -> dict:
+    steps = rec["steps"]
+    out = {k: rec.get(k) for k in ("side", "task", "trainer", "args", "callbacks", "trainable_parameters", "global_step",
+                                    "last_loss", "last_reward", "evals_in_loop", "hwm_reset", "exit", "torch_threads")}
+    mib = 1024 * 1024
+    out["peak_train_mib"] = round(rec["rss_train_peak"] / mib, 1) if rec.get("rss_train_peak") else None
+    out["rss_train_start_mib"] = round(rec["rss_train_start"] / mib, 1) if rec.get("rss_train_start") else None
+    out["peak_process_mib"] = round(rec["ru_maxrss_kib"] / 1024, 1)
+    out["total_s"] = round(rec["total_s"], 2)
+    if len(steps) >= 2:
+        (t1, n1, p1, e1), (tn, nn, pn, en) = steps[0], steps[-1]
+        dt = tn - t1
+        out["measured_steps"] = len(steps) - 1
+        out["measured_s"] = round(dt, 3)
+        out["s_per_step"] = round(dt / (len(steps) - 1), 4)
+        out["warmup_step_s"] = round(t1 - rec["t_train_begin"], 3)
+        out["tokens"] = nn - n1
+        out["padded_tokens"] = pn - p1
+        out["padding_fraction"] = round(1 - (nn - n1) / (pn - p1), 4) if pn > p1 else None
+        out["tokens_per_step"] = round((nn - n1) / (len(steps) - 1), 1)
+        out["tokens_per_s"] = round((nn - n1) / dt, 1) if dt > 0 else None
+        out["positions_per_s"] = round((pn - p1) / dt, 1) if dt > 0 else None
+        out["eval_in_loop_s"] = round(en - e1, 3)
+        out["step_s"] = [round(b[0] - a[0], 3) for a, b in zip([(rec["t_train_begin"],)] + steps[:-1], steps)]
+    if rec.get("t_train_end") and rec.get("t_train_begin"):
+        if steps:  # after the last step: end-of-training evaluation (step-based eval strategies) and checkpoint
+            out["loop_tail_s"] = round(rec["t_train_end"] - steps[-1][0], 2)
+            out["eval_at_end_s"] = round(rec["eval_s_at_train_end"] - steps[-1][3], 2)
+        out["train_loop_s"] = round(rec["t_train_end"] - rec["t_train_begin"], 2)
+        out["outside_loop_s"] = round(rec["total_s"] - out["train_loop_s"], 2)
+    return out
+
+
+def child(spec_json: str) -> int:
+    spec = json.loads(spec_json)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    rec = {"side": spec["side"], "task": spec["task"], "steps": [], "tokens": 0, "padded_tokens": 0, "eval_s": 0.0,
+           "evals_in_loop": 0, "in_train": False}
+    t0 = time.perf_counter()
+    install_probes(rec)
+    import torch
+
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    rec["torch_threads"] = torch.get_num_threads()
+    if spec["side"] == "llmkit":
+        from llmkit.cli import main
+
+        rec["exit"] = main(spec["argv"])
+    else:
+        import runpy
+
+        sys.path.insert(0, str(BASELINES))
+        sys.argv = [spec["script"], *spec["argv"]]
+        runpy.run_path(spec["script"], run_name="__main__")
+        rec["exit"] = 0
+    rec["total_s"] = time.perf_counter() - t0
+    rec["ru_maxrss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    Path(spec["result"]).write_text(json.dumps(summarize(rec), indent=2))
+    return 0 if rec["exit"] == 0 else 1
+
+
+# --------------------------------------------------------------------------- parent
+
+def run_side(side: str, task: str, model: Path, steps: int, log_dir: Path, threads: int | None = None,
+             llmkit_extra: list[str] | None = None) -> dict:
+    out = WORK / "runs" / f"{task}-{side}"
+    for p in (out, Path(f"{out}.partial")):  # never resume an earlier run's checkpoint
+        shutil.rmtree(p, ignore_errors=True)
+    result = log_dir / f"{task}-{side}.json"
+    result.unlink(missing_ok=True)
+    if side == "llmkit":
+        spec = {"side": side, "task": task, "argv": llmkit_argv(task, model, out, steps) + list(llmkit_extra or [])}
+    else:
+        script = BASELINES / TASKS[task][1]
+        spec = {"side": side, "task": task, "script": str(script), "argv": trl_argv(task, model, out, steps)}
+    spec["result"] = str(result)
+    spec["threads"] = threads
+    threads_env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep), **threads_env}
+    log = log_dir / f"{task}-{side}.log"
+    t = time.perf_counter()
+    with open(log, "w") as fh:
+        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)], cwd=REPO, env=env,
+                              stdout=fh, stderr=subprocess.STDOUT)
+    wall = time.perf_counter() - t
+    if proc.returncode != 0 or not result.is_file():
+        tail = log.read_text(errors="replace").splitlines()[-15:]
+        raise SystemExit(f"bench/train.py: {task} ({side}) failed with status {proc.returncode}; log {log}:\n" + "\n".join(tail))
+    res = json.loads(result.read_text())
+    res["subprocess_s"] = round(wall, 2)
+    shutil.rmtree(out, ignore_errors=True)
+    return res
+
+
+def _median(rows: list[dict], key: str):
+    vals = [r[key] for r in rows if r.get(key) is not None]
+    return statistics.median(vals) if vals else None
+
+
+def verdict(ratio: float | None, band: float) -> str:
+    if ratio is None:
+        return "?"
+    return "faster" if ratio > 1 + band else ("slower" if ratio < 1 - band else "same")
+
+
+def compare(task: str, runs: dict[str, list[dict]], band: float) -> dict:
+    side = {}
+    for s in ("llmkit", "trl"):
+        rows = runs[s]
+        side[s] = {"tokens_per_s": _median(rows, "tokens_per_s"), "positions_per_s": _median(rows, "positions_per_s"),
+                   "peak_train_mib": _median(rows, "peak_train_mib"),
+                   "peak_process_mib": _median(rows, "peak_process_mib"), "s_per_step": _median(rows, "s_per_step"),
+                   "tokens_per_step": _median(rows, "tokens_per_step"), "padding_fraction": _median(rows, "padding_fraction"),
+                   "last_loss": rows[-1].get("last_loss"), "last_reward": rows[-1].get("last_reward"),
+                   "total_s": _median(rows, "total_s"), "outside_loop_s": _median(rows, "outside_loop_s"),
+                   "loop_tail_s": _median(rows, "loop_tail_s"), "eval_at_end_s": _median(rows, "eval_at_end_s"),
+                   "eval_in_loop_s": _median(rows, "eval_in_loop_s"), "runs": rows}
+    lk, tr = side["llmkit"], side["trl"]
+    ratio = lambda a, b: round(a / b, 3) if a and b else None  # noqa: E731
+    return {"task": task, "llmkit": lk, "trl": tr,
+            "tokens_per_s_ratio": ratio(lk["tokens_per_s"], tr["tokens_per_s"]),
+            "positions_per_s_ratio": ratio(lk["positions_per_s"], tr["positions_per_s"]),
+            "peak_train_mib_ratio": ratio(lk["peak_train_mib"], tr["peak_train_mib"]),
+            "peak_process_mib_ratio": ratio(lk["peak_process_mib"], tr["peak_process_mib"]),
+            "speed": verdict(ratio(lk["tokens_per_s"], tr["tokens_per_s"]), band)}
+
+
+def machine() -> dict:
+    import torch
+
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = None
+    return {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "load_average_at_start": load,
+            "versions": _versions()}
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for p in ("transformers", "trl", "peft", "accelerate", "datasets", "llmkit"):
+        try:
+            out[p] = version(p)
+        except PackageNotFoundError:
+            out[p] = None
+    return out
+
+
+def markdown(res: dict) -> str:
+    m = res["machine"]
+    lines = [f"Training throughput and peak memory, llmkit / plain TRL ({res['steps']} optimizer steps per run, step 1 "
+             f"excluded as warm-up; median of {res['repeats']} run(s) per side, alternating order).",
+             f"Machine: {m['cpu_count']} CPU cores ({res.get('threads') or m['torch_threads']} torch threads), {m['platform']}, "
+             f"torch {m['torch']}, "
+             f"load average at start {m['load_average_at_start']}. Model: {res['model']['parameters_m']}M-parameter Llama "
+             f"(hidden {MODEL_SHAPE['hidden_size']}, {MODEL_SHAPE['num_hidden_layers']} layers), max_length {MAX_LENGTH}.",
+             *([f"llmkit ran with extra overrides: `{res['llmkit_extra']}` (not its defaults)."] if res.get("llmkit_extra") else []),
+             "",
+             "| task | llmkit tok/s | TRL tok/s | ratio | llmkit peak MiB | TRL peak MiB | ratio | llmkit tok/step (pad %) "
+             "| TRL tok/step (pad %) | ratio incl. padding | final loss llmkit / TRL |",
+             "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+
+    def f(x, nd=1):
+        return "–" if x is None else f"{x:,.{nd}f}"
+
+    def pad(s):
+        return f"{f(s['tokens_per_step'], 0)} ({f(100 * s['padding_fraction'], 0) if s['padding_fraction'] is not None else '–'} %)"
+
+    for c in res["tasks"]:
+        lk, tr = c["llmkit"], c["trl"]
+        loss = f"{f(lk['last_loss'], 3)} / {f(tr['last_loss'], 3)}"
+        if lk.get("last_reward") is not None or tr.get("last_reward") is not None:
+            loss += f" (reward {f(lk.get('last_reward'), 2)} / {f(tr.get('last_reward'), 2)})"
+        lines.append(f"| {c['task']} | {f(lk['tokens_per_s'], 0)} | {f(tr['tokens_per_s'], 0)} | **{f(c['tokens_per_s_ratio'], 2)}** "
+                     f"| {f(lk['peak_train_mib'], 0)} | {f(tr['peak_train_mib'], 0)} | **{f(c['peak_train_mib_ratio'], 2)}** "
+                     f"| {pad(lk)} | {pad(tr)} | {f(c['positions_per_s_ratio'], 2)} | {loss} |")
+    lines += ["", "Whole process: total wall time; of it, outside trainer.train() (loading, data preparation, llmkit's "
+              "before/after evaluation and samples, saving); after the last step inside trainer.train() (end-of-training "
+              "evaluation, which step-based eval strategies add, and the final checkpoint); evaluation inside the measured "
+              "steps; peak resident memory of the whole process.", "",
+              "| task | side | total s | outside train() s | after last step s (eval) | eval in measured steps s | process peak MiB |",
+              "|---|---|--:|--:|--:|--:|--:|"]
+    for c in res["tasks"]:
+        for name, x in (("llmkit", c["llmkit"]), ("TRL", c["trl"])):
+            lines.append(f"| {c['task']} | {name} | {f(x['total_s'])} | {f(x['outside_loop_s'])} | {f(x['loop_tail_s'])} "
+                         f"({f(x['eval_at_end_s'])}) | {f(x['eval_in_loop_s'], 1)} | {f(x['peak_process_mib'], 0)} |")
+    slower = [c["task"] for c in res["tasks"] if c["speed"] == "slower"]
+    lines += ["", f"tokens/s ratio > 1: llmkit faster; peak-memory ratio < 1: llmkit uses less. Ratios within "
+              f"±{int(res['noise_band'] * 100)} % count as the same speed. "
+              + (f"**llmkit is slower on: {', '.join(slower)}.**" if slower else "llmkit is not slower on any task.")]
+    busy = [x for x in (m["load_average_at_start"] or [])[:1] + (res.get("load_average_at_end") or [])[:1] if x >= 0.7]
+    if busy:
+        loads = ", ".join(f"{x:.1f}" for x in busy)
+        if res.get("threads") == 1:
+            lines += ["", f"Note: the machine was busy (1-minute load average {loads} at start/end). Every run used one torch "
+                      "thread, which keeps the ratios usable on a shared machine, but the absolute numbers are below what "
+                      "a quiet machine gives."]
+        else:
+            lines += ["", f"**Warning: the machine was busy (1-minute load average {loads} at start/end); with several torch "
+                      "threads a busy CPU can slow a step many times over, so these numbers are not a measurement. Re-run on "
+                      "a quiet machine, or with --threads 1.**"]
+    return "\n".join(lines)
+
+
+def plot(res: dict, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = [c["task"] for c in res["tasks"]]
+    speed = [c["tokens_per_s_ratio"] or 0 for c in res["tasks"]]
+    mem = [c["peak_train_mib_ratio"] or 0 for c in res["tasks"]]
+    x = range(len(tasks))
+    w = 0.38
+    fig, ax = plt.subplots(figsize=(1.6 * len(tasks) + 2.5, 4))
+    b1 = ax.bar([i - w / 2 for i in x], speed, w, label="tokens/s (higher: llmkit faster)", color="#2b7bba")
+    b2 = ax.bar([i + w / 2 for i in x], mem, w, label="peak memory (lower: llmkit leaner)", color="#e08a2c")
+    ax.bar_label(b1, fmt="%.2f", fontsize=8)
+    ax.bar_label(b2, fmt="%.2f", fontsize=8)
+    ax.axhline(1.0, color="black", lw=0.8)
+    ax.set_xticks(list(x), tasks)
+    ax.set_ylabel("llmkit / plain TRL")
+    ax.set_title(f"llmkit vs plain TRL, CPU, {res['steps']} steps per run")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=__doc__.split("\n", 2)[2])
+    ap.add_argument("--only", default=",".join(TASKS), help=f"comma-separated tasks (default: all of {', '.join(TASKS)})")
+    ap.add_argument("--steps", type=int, default=30, help="optimizer steps per run; step 1 is the warm-up (default 30)")
+    ap.add_argument("--repeats", type=int, default=2, help="runs per side, alternating order; medians reported (default 2)")
+    ap.add_argument("--out", default=str(REPO / "bench" / "results"))
+    ap.add_argument("--noise-band", type=float, default=0.05, help="ratio band counted as 'same speed' (default 0.05)")
+    ap.add_argument("--threads", type=int, help="torch threads in every run (default: torch's own, one per core)")
+    ap.add_argument("--llmkit-extra", default="", help="extra llmkit overrides for diagnosis, e.g. '--eval_split_size 0' "
+                    "(recorded in the results; the default measures llmkit as users run it)")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.child:
+        return child(a.child)
+    tasks = [t.strip() for t in a.only.split(",") if t.strip()]
+    bad = [t for t in tasks if t not in TASKS]
+    if bad:
+        ap.error(f"unknown task(s) {bad}; choose from {', '.join(TASKS)}")
+    if a.steps < 2:
+        ap.error("--steps must be at least 2 (step 1 is the warm-up)")
+    os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    model = build_model()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log_dir = WORK / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    res: dict = {"machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S"), "steps": a.steps, "repeats": a.repeats,
+                 "noise_band": a.noise_band, "model": {"dir": str(model.relative_to(REPO)), **MODEL_SHAPE, "vocab_size": VOCAB,
+                                                       "parameters_m": None},
+                 "max_length": MAX_LENGTH, "lora": LORA, "grpo": GRPO, "threads": a.threads, "llmkit_extra": a.llmkit_extra,
+                 "tasks": []}
+    for task in tasks:
+        runs: dict[str, list[dict]] = {"llmkit": [], "trl": []}
+        for r in range(a.repeats):
+            for side in (("llmkit", "trl") if r % 2 == 0 else ("trl", "llmkit")):
+                print(f"[{task}] {side} run {r + 1}/{a.repeats} ...", flush=True)
+                row = run_side(side, task, model, a.steps, log_dir, a.threads, a.llmkit_extra.split())
+                runs[side].append(row)
+                print(f"[{task}] {side}: {row.get('tokens_per_s')} tokens/s, {row.get('s_per_step')} s/step, "
+                      f"peak {row.get('peak_train_mib')} MiB (process {row.get('peak_process_mib')}), loss {row.get('last_loss')}, "
+                      f"total {row.get('total_s')} s", flush=True)
+        c = compare(task, runs, a.noise_band)
+        res["tasks"].append(c)
+        print(f"[{task}] llmkit/TRL: tokens/s x{c['tokens_per_s_ratio']}, peak memory x{c['peak_train_mib_ratio']} ({c['speed']})",
+              flush=True)
+    res["model"]["parameters_m"] = _parameters_m(model)
+    res["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    res["load_average_at_end"] = os.getloadavg()
+    (out / "train-cpu.json").write_text(json.dumps(res, indent=2))
+    md = markdown(res)
+    (out / "train-cpu.md").write_text(md + "\n")
+    plot(res, out / "train-cpu.png")
+    print(md)
+    print(f"\nwrote {out / 'train-cpu.json'}, {out / 'train-cpu.md'}, {out / 'train-cpu.png'}")
+    return 0
+
+
+def _parameters_m(model: Path) -> float:
+    """Parameter count from the saved weights' shapes (no model instantiation)."""
+    from safetensors import safe_open
+
+    n = 0
+    with safe_open(str(model / "model.safetensors"), "pt") as fh:
+        for k in fh.keys():
+            shape = fh.get_slice(k).get_shape()
+            size = 1
+            for d in shape:
+                size *= d
+            n += size
+    return round(n / 1e6, 2)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,16 @@
+"""Plain TRL SFT (full, or LoRA with --lora_r): SFTTrainer with SFTConfig's defaults."""
+
+from _cli import CPU, args, lora
+from datasets import load_dataset
+from trl import SFTConfig, SFTTrainer
+
+a = args()
+trainer = SFTTrainer(
+    model=a.model,
+    args=SFTConfig(output_dir=a.output_dir, max_steps=a.max_steps, per_device_train_batch_size=a.per_device_train_batch_size,
+                   learning_rate=a.learning_rate, max_length=a.max_length, **CPU),
+    train_dataset=load_dataset("json", data_files=a.data, split="train"),
+    peft_config=lora(a),
+)
+trainer.train()
+trainer.save_model()
