@@ -157,6 +157,14 @@ def check_lora_targets(model, lora, source: str) -> None:
         raise LlmkitError(f"{source}: lora_target_modules {missing} match no module of the model; linear layers are: {', '.join(linear)} (or use all-linear)")
 
 
+def default_attention() -> str:
+    """On a GPU without attn_implementation in the recipe: FlashAttention-2 when flash-attn is
+    installed (padding-free batches need it to keep sequences apart), else PyTorch's SDPA."""
+    import importlib.util
+
+    return "flash_attention_2" if importlib.util.find_spec("flash_attn") is not None else "sdpa"
+
+
 def model_init_kwargs(model_args, trust_remote_code: bool = False) -> dict[str, Any]:
     """from_pretrained kwargs from TRL's ModelConfig: dtype, attention, 4/8-bit quantization."""
     import torch
@@ -165,6 +173,8 @@ def model_init_kwargs(model_args, trust_remote_code: bool = False) -> dict[str, 
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if model_args.attn_implementation:
         kwargs["attn_implementation"] = model_args.attn_implementation
+    elif torch.cuda.is_available():
+        kwargs["attn_implementation"] = default_attention()
     dtype = model_args.dtype
     if dtype not in (None, "auto"):
         kwargs["dtype"] = getattr(torch, dtype)

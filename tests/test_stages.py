@@ -288,3 +288,42 @@ def test_resume_ignores_an_incomplete_newest_checkpoint(tmp_path):
     (tmp_path / "checkpoint-x").mkdir()
     assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-20")
     assert last_checkpoint(tmp_path / "missing") is None
+
+
+def test_gpu_defaults_follow_the_hardware_and_the_installed_kernels(monkeypatch):
+    """Checked without a GPU by faking what torch and importlib report."""
+    import importlib.util
+
+    import torch
+
+    from llmkit.stages import common
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(common, "has_cuda", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: object() if n == "liger_kernel" else real_find_spec(n, *a))
+    d = common.trainer_defaults({})
+    assert d["bf16"] is True and d["fp16"] is False and d["tf32"] is True
+    assert d["optim"] == "adamw_torch_fused" and d["use_liger_kernel"] is True and "use_cpu" not in d
+    assert common.trainer_defaults({}, {"optim": "adamw_8bit"})["optim"] == "adamw_8bit"  # the stage/recipe wins
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (7, 5))  # a T4
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "liger_kernel" else real_find_spec(n, *a))
+    d = common.trainer_defaults({})
+    assert d["bf16"] is False and d["fp16"] is True and "tf32" not in d and "use_liger_kernel" not in d
+    monkeypatch.setattr(common, "has_cuda", lambda: False)
+    d = common.trainer_defaults({})
+    assert d["use_cpu"] is True and d["bf16"] is False and "optim" not in d
+
+
+def test_default_attention_on_gpu(monkeypatch):
+    import importlib.util
+
+    from llmkit import modeling
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: object() if n == "flash_attn" else real_find_spec(n, *a))
+    assert modeling.default_attention() == "flash_attention_2"
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "flash_attn" else real_find_spec(n, *a))
+    assert modeling.default_attention() == "sdpa"

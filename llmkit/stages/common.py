@@ -42,7 +42,8 @@ def trainer_defaults(explicit: dict[str, Any], library_defaults: dict[str, Any] 
     """llmkit's defaults for TrainingArguments-derived configs; the user's keys always win.
 
     Without a GPU: CPU training in float32 without activation checkpointing (TRL's bf16 and
-    checkpointing defaults fail or crawl on CPU).  Always: no external loggers, safetensors,
+    checkpointing defaults fail or crawl on CPU).  On a GPU: the speed levers the hardware and the
+    installed packages allow (see gpu_defaults).  Always: no external loggers, safetensors,
     token counting for tokens/s.
     """
     d: dict[str, Any] = {
@@ -58,7 +59,27 @@ def trainer_defaults(explicit: dict[str, Any], library_defaults: dict[str, Any] 
         d.update({"use_cpu": True, "bf16": False, "fp16": False})
         if "gradient_checkpointing" not in explicit:  # the deprecated alias wins when the user set it
             d[CHECKPOINTING_KEY] = False
+    else:
+        d.update(gpu_defaults())
     d.update(library_defaults or {})
+    return d
+
+
+def gpu_defaults() -> dict[str, Any]:
+    """Per-device defaults on CUDA (a recipe's own keys still win): bf16 where the GPU has it
+    (fp16 otherwise), TF32 matmuls on Ampere and newer, the fused AdamW kernel, and Liger's
+    fused kernels (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy) when liger-kernel is
+    installed (the `gpu` extra installs it)."""
+    import importlib.util
+
+    import torch
+
+    bf16 = torch.cuda.is_bf16_supported()
+    d: dict[str, Any] = {"bf16": bf16, "fp16": not bf16, "optim": "adamw_torch_fused"}
+    if torch.cuda.get_device_capability()[0] >= 8:
+        d["tf32"] = True
+    if importlib.util.find_spec("liger_kernel") is not None:
+        d["use_liger_kernel"] = True
     return d
 
 
@@ -262,6 +283,20 @@ def open_trainer_staging(targs, cfg: StageConfig, stage: str, overwrite: bool, m
     return staging, output_dir
 
 
+def build_trainer(staging: Path, cfg: StageConfig, cls, *args, **kwargs):
+    """Construct the library's trainer. A configuration it refuses (TRL/transformers raise
+    ValueError for conflicting options, e.g. padding_free without packing but with max_length)
+    becomes one LlmkitError naming the config file; a staging directory with no checkpoint yet
+    is removed, so nothing half-written is left behind."""
+    try:
+        return cls(*args, **kwargs)
+    except ValueError as exc:
+        if runs.is_main_process() and not any((staging / "checkpoints").glob("checkpoint-*")):
+            shutil.rmtree(staging, ignore_errors=True)
+        msg = " ".join(str(exc).split())
+        raise LlmkitError(f"{cfg.source}: {cls.__name__} refused the configuration: {msg[:500]}") from None
+
+
 class StageInterrupted(LlmkitError):
     """SIGTERM/SIGINT during training: a checkpoint was saved; the same command resumes."""
 
@@ -330,6 +365,17 @@ def train(trainer, staging: Path):
         ckpt = last_checkpoint(staging / "checkpoints")
         raise StageInterrupted(f"stopped by {flag['signal']}; checkpoint {ckpt} saved. Run the same command again to resume.")
     return result
+
+
+def final_eval_loss(trainer) -> float:
+    """Held-out loss of the trained model: the trainer's own evaluation at the last step when it
+    made one (transformers evaluates after the last step with a step eval strategy), else one
+    evaluation now. Saves evaluating the same model twice."""
+    step = trainer.state.global_step
+    for row in reversed(trainer.state.log_history):
+        if "eval_loss" in row and row.get("step") == step:
+            return float(row["eval_loss"])
+    return float(trainer.evaluate()["eval_loss"])
 
 
 def finish_training_stage(

@@ -110,7 +110,8 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     ref = None if lora is not None else modeling.load_merged(margs, dargs.trust_remote_code).eval().requires_grad_(False)
 
     staging, output_dir = common.open_trainer_staging(dargs, cfg, STAGE, overwrite, policy, lora, has_eval=eval_ds is not None)
-    trainer = DPOTrainer(
+    trainer = common.build_trainer(
+        staging, cfg, DPOTrainer,
         model=policy,
         ref_model=ref,
         args=dargs,

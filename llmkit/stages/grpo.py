@@ -138,7 +138,8 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
             policy.save_pretrained(merged_ref)
         runs.wait_for_everyone()
         policy.config._name_or_path = str(merged_ref)  # TRL rebuilds the reference from this path
-    trainer = GRPOTrainer(
+    trainer = common.build_trainer(
+        staging, cfg, GRPOTrainer,
         model=policy,
         reward_funcs=reward_list,
         args=gargs,

@@ -108,7 +108,8 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     from datasets import Dataset
 
     eval_dataset = Dataset.from_list(eval_blocks) if eval_blocks else None
-    trainer = Trainer(
+    trainer = common.build_trainer(
+        staging, cfg, Trainer,
         model=model,
         args=targs,
         train_dataset=Dataset.from_list(train_blocks),
@@ -124,7 +125,7 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     result = common.train(trainer, staging)
     metrics["train_loss"] = result.training_loss
     if eval_dataset is not None:
-        after = trainer.evaluate()["eval_loss"]
+        after = common.final_eval_loss(trainer)
         metrics.update(eval_loss=after, eval_ppl=math.exp(min(after, 50)))
     trainer.save_model(str(staging))
     if runs.is_main_process():

@@ -100,7 +100,8 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
 
     staging, output_dir = common.open_trainer_staging(rargs, cfg, STAGE, overwrite, model, lora, has_eval=eval_ds is not None,
                                                       final_full_model=True)  # LoRA is merged into the saved model
-    trainer = RewardTrainer(
+    trainer = common.build_trainer(
+        staging, cfg, RewardTrainer,
         model=model,
         args=rargs,
         train_dataset=train_ds,

@@ -132,7 +132,8 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
 
     # ---- from here on, everything is written into the staging directory
     staging, output_dir = common.open_trainer_staging(sargs, cfg, STAGE, overwrite, model, lora, has_eval=eval_ds is not None)
-    trainer = SFTTrainer(
+    trainer = common.build_trainer(
+        staging, cfg, SFTTrainer,
         model=model,
         args=sargs,
         train_dataset=train_ds,
@@ -153,7 +154,7 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     result = common.train(trainer, staging)
     metrics["train_loss"] = result.training_loss
     if eval_ds is not None:
-        metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
+        metrics["eval_loss"] = common.final_eval_loss(trainer)
     trainer.save_model(str(staging))
     if runs.is_main_process():
         if layout == "messages" and "<|im_end|>" in (tokenizer.chat_template or "") and not sargs.eos_token:
