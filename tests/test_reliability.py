@@ -449,3 +449,26 @@ def test_use_vllm_needs_cuda_and_vllm(tmp_path, base_model, math_prompts, capsys
     line = error_line(capsys)
     assert expected in line and "use_vllm: false" in line
     assert not out.exists() and not partial(out).exists()
+
+
+def test_killed_after_the_last_checkpoint_resumes_without_an_extra_step(tmp_path, tokenizer_run, corpus):
+    """A run killed after its final-step checkpoint (during the final save or the rename) is
+    finished from that checkpoint: transformers alone would train one step past max_steps."""
+    from test_resume import pretrain_args
+
+    from llmkit.runs import STAGING_MARK
+
+    out = tmp_path / "run"
+    args = pretrain_args(out, tokenizer_run, corpus, steps=12)
+    args[args.index("--save_steps") + 1] = "5"
+    assert llmkit(*args) == 0
+    whole = json.loads((out / "manifest.json").read_text())
+    assert (out / "checkpoints" / "checkpoint-12").is_dir()
+    staging = out.with_name("run.partial")  # as if killed just before the manifest and the rename
+    out.rename(staging)
+    (staging / "manifest.json").unlink()
+    (staging / STAGING_MARK).write_text(json.dumps({"stage": "pretrain", "config_hash": whole["config_hash"], "started_at": "x"}))
+    assert llmkit(*args) == 0
+    again = json.loads((out / "manifest.json").read_text())
+    assert again["steps"] == 12
+    assert again["metrics"] == whole["metrics"]

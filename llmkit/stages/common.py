@@ -358,6 +358,8 @@ def train(trainer, staging: Path):
     if resume and runs.is_main_process():
         print(f"llmkit: resuming from {resume}", flush=True)
         drop_metrics_after(staging / "metrics.jsonl", int(Path(resume).name.split("-")[1]))
+    if resume and _training_finished(resume):
+        return _load_finished(trainer, resume)
     with stop_on_signal() as flag:
         trainer.add_callback(_stop_on_signal_callback(flag))
         result = trainer.train(resume_from_checkpoint=resume)
@@ -365,6 +367,26 @@ def train(trainer, staging: Path):
         ckpt = last_checkpoint(staging / "checkpoints")
         raise StageInterrupted(f"stopped by {flag['signal']}; checkpoint {ckpt} saved. Run the same command again to resume.")
     return result
+
+
+def _training_finished(checkpoint: str) -> bool:
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    return 0 < int(state.get("max_steps") or 0) <= int(state.get("global_step") or 0)
+
+
+def _load_finished(trainer, checkpoint: str):
+    """The run was killed after its last step's checkpoint (e.g. during the final save).
+    transformers would run one step too many when resumed from it (seen with 5.19: 41 of 40),
+    so load that checkpoint's weights and state instead of training."""
+    from transformers.trainer_callback import TrainerState
+    from transformers.trainer_utils import TrainOutput
+
+    trainer._load_from_checkpoint(checkpoint)
+    trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+    losses = [r["train_loss"] for r in trainer.state.log_history if "train_loss" in r]
+    logged = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+    loss = losses[-1] if losses else (sum(logged) / len(logged) if logged else float("nan"))
+    return TrainOutput(trainer.state.global_step, loss, {})
 
 
 def final_eval_loss(trainer) -> float:
