@@ -218,6 +218,13 @@ def bar_chart(results: dict[str, Any], png_path: str | Path) -> Path:
     ax.set_xlim(*_xlim(values + [c for c in chances if c is not None]))
     ax.set_xlabel(_axis_label())
     ax.set_title(f"{_name(results)} — {_engine(results)}")
+    return _save_chart(fig, ax, png_path)
+
+
+def _save_chart(fig, ax, png_path) -> Path:
+    """The finishing touches both charts share: zero line, grid, legend; save and close."""
+    import matplotlib.pyplot as plt
+
     ax.axvline(0, color="grey", lw=0.8)
     ax.grid(axis="x", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
@@ -366,13 +373,7 @@ def compare_chart(runs: list[dict[str, Any]], labels: list[str], png_path: str |
     ax.set_xlabel(_axis_label())
     engines = sorted({_engine(r) for r in runs})
     ax.set_title(f"{' vs '.join(labels)} — {', '.join(engines)}", fontsize=10)
-    ax.axvline(0, color="grey", lw=0.8)
-    ax.grid(axis="x", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(png_path)
-    plt.close(fig)
-    return Path(png_path)
+    return _save_chart(fig, ax, png_path)
 
 
 def _print_rich(runs: list[dict[str, Any]], labels: list[str], warnings: Sequence[str]) -> None:
