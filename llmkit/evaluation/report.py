@@ -223,7 +223,7 @@ def bar_chart(results: dict[str, Any], png_path: str | Path) -> Path:
 
 def _save_chart(fig, ax, png_path) -> Path:
     """The finishing touches both charts share: zero line, grid, legend; save and close."""
-    import matplotlib.pyplot as plt
+    plt = _plt()
 
     ax.axvline(0, color="grey", lw=0.8)
     ax.grid(axis="x", alpha=0.3)
