@@ -440,6 +440,7 @@ def test_use_vllm_needs_cuda_and_vllm(tmp_path, base_model, math_prompts, capsys
         expected = "use_vllm needs a CUDA GPU"
     else:
         monkeypatch.setattr(common, "has_cuda", lambda: True)  # as on a GPU node without vLLM
+        monkeypatch.setattr(common, "gpu_defaults", lambda: {})  # no real GPU to ask for bf16/tf32
         hide_package(monkeypatch, "vllm")
         expected = "use_vllm needs vLLM, which is not installed"
     out = tmp_path / "grpo"
