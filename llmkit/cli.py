@@ -11,6 +11,10 @@
     llmkit eval --compare RESULTS_DIR RESULTS_DIR ...    |    llmkit eval --recipe RECIPE_DIR
 
 Errors in the user's input print one line and exit with status 2, without a traceback.
+
+Libraries (transformers, datasets, vLLM, lm-eval, httpx, ...) print only warnings and errors;
+`--verbose` on any command, or LLMKIT_LOG_LEVEL=INFO|DEBUG, shows their INFO (DEBUG) lines too.
+llmkit's own lines are always shown.
 """
 
 from __future__ import annotations
@@ -35,6 +39,52 @@ STAGES = {
 }
 
 
+# Loggers of the libraries llmkit drives; llmkit itself prints its own lines.
+LIBRARY_LOGGERS = ("transformers", "datasets", "vllm", "lm_eval", "lm-eval", "httpx", "httpcore", "openai", "urllib3",
+                   "filelock", "fsspec", "huggingface_hub", "accelerate", "peft", "trl", "torch", "tokenizers", "uvicorn")
+# What the child processes (vLLM server, engine core, accelerate workers) read from the environment.
+_LEVEL_ENV = {"VLLM_LOGGING_LEVEL": str.upper, "TRANSFORMERS_VERBOSITY": str.lower, "DATASETS_VERBOSITY": str.lower,
+              "LMEVAL_LOG_LEVEL": str.upper}
+_env_set_by_llmkit: dict[str, str] = {}
+
+
+VERBOSE_HELP = "also show the libraries' INFO logs (transformers, datasets, vLLM, lm-eval, httpx); or LLMKIT_LOG_LEVEL=INFO|DEBUG"
+
+
+def library_log_level(verbose: bool = False) -> str:
+    """WARNING by default; INFO with --verbose; LLMKIT_LOG_LEVEL (DEBUG, INFO, WARNING, ERROR) wins."""
+    env = os.environ.get("LLMKIT_LOG_LEVEL", "").strip().upper()
+    if env and env not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise LlmkitError(f"LLMKIT_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {env!r}")
+    level = env or "WARNING"
+    return "INFO" if verbose and level in ("WARNING", "ERROR") else level
+
+
+def configure_library_logs(verbose: bool = False) -> str:
+    """Set the libraries' log level, in this process and (through the environment) in the child
+    processes it starts. A variable the user set (VLLM_LOGGING_LEVEL...) is left alone."""
+    level = library_log_level(verbose)
+    for key, case in _LEVEL_ENV.items():
+        if key not in os.environ or _env_set_by_llmkit.get(key) == os.environ[key]:
+            os.environ[key] = _env_set_by_llmkit[key] = case(level)
+    number = getattr(logging, level)
+    for name in LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(number)
+    logging.getLogger("bitsandbytes").setLevel(number if level in ("INFO", "DEBUG") else logging.ERROR)  # CPU kernel-hub notice on every import
+    if level in ("INFO", "DEBUG") and not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")  # shows lm_eval's, httpx's INFO
+    # libraries already imported in this process (the Python API, tests) keep their own handlers
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity(number)
+    if "datasets" in sys.modules:
+        from datasets.utils import logging as ds_logging
+
+        ds_logging.set_verbosity(number)
+    return level
+
+
 def stage_module(name: str):
     if name not in STAGES:
         raise LlmkitError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
@@ -55,6 +105,7 @@ def _stage_command(stage: str, argv: list[str]) -> int:
     mod = stage_module(stage)
     if any(a in ("-h", "--help") for a in argv):
         print(format_help(stage, mod.CLASSES, mod.DOC))
+        print(f"llmkit:\n  --verbose\n      {VERBOSE_HELP}")
         return 0
     config = None
     overwrite = False
@@ -140,6 +191,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--system", help="system prompt")
     c.add_argument("--max-tokens", type=int, default=256)
     c.add_argument("--temperature", type=float, default=0.7)
+    for parser in [p, *(v for k, v in sub.choices.items() if k not in STAGES)]:
+        parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     return p
 
 
@@ -171,8 +224,11 @@ def _parser_defaults(command: str) -> dict:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # CPU kernel-hub notice on every import
+    cut = argv.index("--") if "--" in argv else len(argv)  # serve passes what follows to vLLM unchanged
+    verbose = "--verbose" in argv[:cut]
+    argv = [a for a in argv[:cut] if a != "--verbose"] + argv[cut:]
     try:
+        configure_library_logs(verbose)
         if argv and argv[0] in STAGES:
             return _stage_command(argv[0], argv[1:])
         passthrough: list[str] = []
