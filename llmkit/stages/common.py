@@ -410,11 +410,14 @@ def finish_training_stage(
     metrics: dict[str, Any],
     steps: int | None,
     plot_keys: tuple[str, ...] = ("loss", "eval_loss"),
+    lineage: list[dict[str, Any]] | None = None,
 ) -> Path:
-    """Plot the curves, write the manifest last and move the run into place."""
+    """Plot the curves, write the manifest last (with the run's ``lineage``: see
+    llmkit/lineage.py) and move the run into place."""
     if runs.is_main_process():
         runs.plot_curves(staging / "metrics.jsonl", staging / "loss.png", plot_keys, title=f"{stage}: {output_dir}")
-    manifest = runs.build_manifest(stage, cfg, started, inputs, metrics, steps=steps)
+    manifest = runs.build_manifest(stage, cfg, started, inputs, metrics, steps=steps,
+                                   extra={"lineage": lineage} if lineage else None)
     out = runs.finalize(staging, output_dir, manifest)
     if runs.is_main_process():
         shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())

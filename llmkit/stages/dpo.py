@@ -16,7 +16,7 @@ from pathlib import Path
 
 from trl import DPOConfig, ModelConfig
 
-from llmkit import data, modeling, runs
+from llmkit import data, lineage, modeling, runs
 from llmkit.config import LlmkitError, StageConfig
 from llmkit.stages import common
 
@@ -93,6 +93,7 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     dargs: DPOConfig = cfg.get(DPOConfig)
 
     lora = common.check_trainer_stage(cfg, margs, dargs, "policy (model_name_or_path)")
+    stacked = lineage.is_stacked(margs.model_name_or_path, lora)  # a new LoRA over a LoRA run: composed at the end
     if dargs.beta <= 0:
         raise LlmkitError(f"{cfg.source}: beta must be positive, got {dargs.beta}")
     tok_path = a.tokenizer_name_or_path or margs.model_name_or_path
@@ -135,7 +136,11 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     trainer.save_model(str(staging))
     if runs.is_main_process():
         tokenizer.save_pretrained(staging)
+        if stacked:
+            lineage.stack_saved_adapter(staging, margs.model_name_or_path, output_dir)
     inputs = {"policy": margs.model_name_or_path, "reference": margs.model_name_or_path, "tokenizer": tok_path,
               **provenance}
     return common.finish_training_stage(STAGE, cfg, staging, output_dir, started, inputs, metrics, trainer.state.global_step,
-                                        plot_keys=("loss", "eval_loss", "rewards/margins", "rewards/accuracies"))
+                                        plot_keys=("loss", "eval_loss", "rewards/margins", "rewards/accuracies"),
+                                        lineage=lineage.new_run_lineage(margs.model_name_or_path, output_dir, STAGE,
+                                                                        lineage.weights_kind(margs.model_name_or_path, lora, True)))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from trl import GRPOConfig, ModelConfig
 
-from llmkit import data, modeling, runs
+from llmkit import data, lineage, modeling, runs
 from llmkit.config import LlmkitError, StageConfig
 from llmkit.stages import common
 
@@ -84,6 +84,7 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     gargs: GRPOConfig = cfg.get(GRPOConfig)
 
     lora = common.check_trainer_stage(cfg, margs, gargs, "policy (model_name_or_path)")
+    stacked = lineage.is_stacked(margs.model_name_or_path, lora)  # a new LoRA over a LoRA run: composed at the end
     check_generation_batch(gargs, cfg)
     if not a.reward_funcs and not a.reward_model_path:
         raise LlmkitError(f"{cfg.source}: GRPO needs reward_funcs and/or reward_model_path")
@@ -162,8 +163,12 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     trainer.save_model(str(staging))
     if runs.is_main_process():
         tokenizer.save_pretrained(staging)
+        if stacked:
+            lineage.stack_saved_adapter(staging, margs.model_name_or_path, output_dir)
         shutil.rmtree(merged_ref, ignore_errors=True)
     inputs = {"policy": margs.model_name_or_path, "reward_funcs": list(a.reward_funcs), "reward_model": a.reward_model_path,
               "tokenizer": tok_path, **provenance}
     return common.finish_training_stage(STAGE, cfg, staging, output_dir, started, inputs, metrics, trainer.state.global_step,
-                                        plot_keys=("reward", "reward_std", "kl"))
+                                        plot_keys=("reward", "reward_std", "kl"),
+                                        lineage=lineage.new_run_lineage(margs.model_name_or_path, output_dir, STAGE,
+                                                                        lineage.weights_kind(margs.model_name_or_path, lora, True)))

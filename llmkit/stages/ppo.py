@@ -66,7 +66,7 @@ from pathlib import Path
 from transformers import TrainingArguments
 from trl import ModelConfig
 
-from llmkit import data, modeling, runs
+from llmkit import data, lineage, modeling, runs
 from llmkit.config import LlmkitError, StageConfig
 from llmkit.stages import common
 from llmkit.stages import ppo_core as core
@@ -681,7 +681,8 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
               "datasets": provenance, "eval_datasets": eval_prov}
     metrics["episodes"] = steps * global_batch
     return common.finish_training_stage(STAGE, cfg, staging, output_dir, started, inputs, metrics, steps,
-                                        plot_keys=("reward/mean", "objective/kl"))
+                                        plot_keys=("reward/mean", "objective/kl"),
+                                        lineage=lineage.new_run_lineage(path, output_dir, STAGE, mode))
 
 
 def train_step(run: Run, step: int, steps: int, train, train_ids, global_batch: int, world: int, rank: int, t_run: float,

@@ -16,7 +16,7 @@ from pathlib import Path
 from transformers import TrainingArguments
 from trl import ModelConfig
 
-from llmkit import data, modeling, runs
+from llmkit import data, lineage, modeling, progress, runs
 from llmkit.config import LlmkitError, StageConfig
 from llmkit.stages import common
 
@@ -131,4 +131,6 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     if runs.is_main_process():
         tokenizer.save_pretrained(staging)
     inputs = {"model": margs.model_name_or_path or "from model_config", "tokenizer": tok_path, **provenance}
-    return common.finish_training_stage(STAGE, cfg, staging, output_dir, started, inputs, metrics, trainer.state.global_step)
+    return common.finish_training_stage(STAGE, cfg, staging, output_dir, started, inputs, metrics, trainer.state.global_step,
+                                        lineage=lineage.new_run_lineage(margs.model_name_or_path, output_dir, STAGE,
+                                                                        lineage.weights_kind(margs.model_name_or_path, lora, False)))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from trl import ModelConfig, RewardConfig
 
-from llmkit import data, modeling, runs
+from llmkit import data, lineage, modeling, runs
 from llmkit.config import LlmkitError, StageConfig
 from llmkit.stages import common
 
@@ -128,4 +128,5 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
         tokenizer.save_pretrained(staging)
     inputs = {"model": margs.model_name_or_path, "tokenizer": tok_path, **provenance}
     return common.finish_training_stage(STAGE, cfg, staging, output_dir, started, inputs, metrics, trainer.state.global_step,
-                                        plot_keys=("loss", "eval_loss", "accuracy", "eval_accuracy"))
+                                        plot_keys=("loss", "eval_loss", "accuracy", "eval_accuracy"),
+                                        lineage=lineage.new_run_lineage(margs.model_name_or_path, output_dir, STAGE, "full"))

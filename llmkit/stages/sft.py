@@ -18,7 +18,7 @@ from pathlib import Path
 
 from trl import ModelConfig, SFTConfig
 
-from llmkit import data, modeling, runs
+from llmkit import data, lineage, modeling, progress, runs
 from llmkit.config import LlmkitError, StageConfig
 from llmkit.stages import common
 
@@ -172,7 +172,9 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
             for s in samples[:3]:
                 print(f"  Q: {s['prompt'][:80]!r}\n  A: {s['generated'][:80]!r}  (ref {s['reference'][:60]!r})", flush=True)
     inputs = {"model": margs.model_name_or_path, "tokenizer": tok_path, **provenance}
-    return common.finish_training_stage(STAGE, cfg, staging, output_dir, started, inputs, metrics, trainer.state.global_step)
+    return common.finish_training_stage(STAGE, cfg, staging, output_dir, started, inputs, metrics, trainer.state.global_step,
+                                        lineage=lineage.new_run_lineage(margs.model_name_or_path, output_dir, STAGE,
+                                                                        lineage.weights_kind(margs.model_name_or_path, lora, False)))
 
 
 def _mode(margs: ModelConfig) -> str:
