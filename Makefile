@@ -16,6 +16,8 @@ MACHINE_RANK ?= 0
 ARGS ?=
 FORCE ?=
 ALGO ?= dpo
+STAGE ?= sft
+PORT ?= 8000
 # GPU extras when a GPU is present (or GPU=1)
 GPU ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
@@ -40,7 +42,24 @@ STAMP := $(VENV)/.llmkit-installed$(if $(GPU),-gpu)
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 	@echo ""
-	@echo "  RECIPE=$(RECIPE) ACCELERATE=$(ACCELERATE) NUM_PROCESSES=$(NUM_PROCESSES) ARGS='$(ARGS)'"
+	@echo "  variables (current value):"
+	@printf "    %-24s %s\n" "RECIPE=$(RECIPE)" "a folder in recipes/"
+	@printf "    %-24s %s\n" "ARGS='$(ARGS)'" "--key value overrides for the command"
+	@printf "    %-24s %s\n" "STAGE=$(STAGE)" "the stage serve and chat use (runs/RECIPE/STAGE)"
+	@printf "    %-24s %s\n" "RUN=$(RUN)" "a run directory instead (serve, chat, merge)"
+	@printf "    %-24s %s\n" "OUT=$(OUT)" "merge's output directory"
+	@printf "    %-24s %s\n" "URL=$(URL)" "a server for chat (http://127.0.0.1:PORT)"
+	@printf "    %-24s %s\n" "PORT=$(PORT)" "serve's port"
+	@printf "    %-24s %s\n" "ALGO=$(ALGO)" "rlhf's algorithm: dpo, grpo or ppo"
+	@printf "    %-24s %s\n" "SFT_CONFIG=$(or $(SFT_CONFIG),sft.yaml)" "the sft target's YAML in the recipe (e.g. sft_full.yaml)"
+	@printf "    %-24s %s\n" "FORCE=$(FORCE)" "redo finished stages (demo, rlhf, run, eval): FORCE=1"
+	@printf "    %-24s %s\n" "GPU=$(GPU)" "1: install the GPU extras (default: 1 when nvidia-smi sees a GPU)"
+	@printf "    %-24s %s\n" "ACCELERATE=$(ACCELERATE)" "a file in recipes/accelerate/ without .yaml: launch with accelerate"
+	@printf "    %-24s %s\n" "NUM_PROCESSES=$(NUM_PROCESSES)" "accelerate launch: processes in all (with ACCELERATE)"
+	@printf "    %-24s %s\n" "NUM_MACHINES=$(NUM_MACHINES)" "nodes; by hand, run the same make on every node:"
+	@printf "    %-24s %s\n" "MAIN_PROCESS_IP=$(MAIN_PROCESS_IP)" "the main node's address"
+	@printf "    %-24s %s\n" "MACHINE_RANK=$(MACHINE_RANK)" "this node's rank (under SLURM: recipes/launch/slurm.sh)"
+	@echo ""
 	@echo "  e.g. make sft RECIPE=qwen2.5-0.5b-es ACCELERATE=multi_gpu NUM_PROCESSES=8 ARGS='--learning_rate 1e-4'"
 
 setup: $(STAMP) ## create .venv and install llmkit with its pinned dependencies (idempotent)
@@ -101,11 +120,9 @@ merge: setup ## merge a LoRA run: make merge RUN=runs/x/sft OUT=runs/x/sft-merge
 eval: setup ## every finished stage of the recipe on the Spanish suite (its eval.yaml), compared side by side
 	HF_HUB_OFFLINE=$(or $(HF_HUB_OFFLINE),0) $(BIN)/llmkit eval --recipe recipes/$(RECIPE) $(if $(FORCE),--force) $(ARGS)
 
-STAGE ?= sft
-serve: setup ## serve a stage of the recipe (STAGE=sft) behind an OpenAI-compatible API on 127.0.0.1:$(PORT)
+serve: setup ## serve a stage of the recipe (STAGE=sft) behind an OpenAI-compatible API on 127.0.0.1:PORT
 	$(BIN)/llmkit serve $(or $(RUN),runs/$(RECIPE)/$(STAGE)) --port $(PORT) $(ARGS)
 
-PORT ?= 8000
 chat: setup ## chat in the terminal with a stage of the recipe (STAGE=sft) or a server (URL=http://...)
 	$(BIN)/llmkit chat $(or $(URL),$(RUN),runs/$(RECIPE)/$(STAGE)) $(ARGS)
 
