@@ -253,7 +253,7 @@ def merge_adapter_run(adapter: str, output_dir: str, dtype: str = "bfloat16", ov
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from llmkit import runs
+    from llmkit import progress, runs
     from llmkit.config import StageConfig
 
     @dataclass
@@ -338,9 +338,13 @@ def stop_token_ids(tokenizer) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
-def generate_completions(model, tokenizer, prompts: list, max_new_tokens: int, batch_size: int = 16) -> list[str]:
-    """Greedy completions for prompts (text or chat messages), batched with left padding."""
+def generate_completions(model, tokenizer, prompts: list, max_new_tokens: int, batch_size: int = 16,
+                         desc: str | None = None) -> list[str]:
+    """Greedy completions for prompts (text or chat messages), batched with left padding;
+    ``desc`` names the progress bar (one step per prompt)."""
     import torch
+
+    from llmkit import progress
 
     texts = [prompt_text(tokenizer, p) for p in prompts]
     side = tokenizer.padding_side
@@ -348,6 +352,7 @@ def generate_completions(model, tokenizer, prompts: list, max_new_tokens: int, b
     out: list[str] = []
     was_training = model.training
     model.eval()
+    bar = progress.bar(len(texts), desc, unit="prompt")
     try:
         for i in range(0, len(texts), batch_size):
             enc = tokenizer(texts[i : i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
@@ -355,7 +360,9 @@ def generate_completions(model, tokenizer, prompts: list, max_new_tokens: int, b
                 gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
                                      eos_token_id=stop_token_ids(tokenizer))
             out += tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+            bar.update(len(texts[i : i + batch_size]))
     finally:
+        bar.close()
         tokenizer.padding_side = side
         model.train(was_training)
     return [t.strip() for t in out]
