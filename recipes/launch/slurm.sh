@@ -8,7 +8,8 @@
 #
 # STAGE is a file of the recipe without .yaml (sft, sft_full, dpo, grpo, ...) or `run`.
 # ACCELERATE is a config in recipes/accelerate/ (default multi_node). DRY_RUN=1 prints the
-# per-node commands instead of running them (used by the tests).
+# per-node commands instead of running them (used by the tests). tests/test_multinode.py runs it
+# for real on one CPU machine with a stand-in scontrol/srun (GPUS_PER_NODE=1, cpu_multi_node).
 #SBATCH --job-name=llmkit
 #SBATCH --ntasks-per-node=1
 #SBATCH --exclusive
@@ -44,11 +45,14 @@ NUM_PROCESSES=$((NUM_MACHINES * GPUS_PER_NODE))
 PORT=${MAIN_PROCESS_PORT:-29500}
 PY=${PYTHON:-.venv/bin/python}
 
-# \$SLURM_PROCID is expanded on each node by srun's shell, not here
+# llmkit's arguments are shell-quoted (an argument with a space or a glob character such as
+# `--datasets [a.jsonl]` reaches llmkit unchanged on every node); \$SLURM_PROCID is expanded on
+# each node by srun's shell, not here. LAUNCH_ARGS: extra `accelerate launch` options.
+printf -v LLMKIT_ARGS ' %q' "${TARGET[@]}" ${EXTRA[@]+"${EXTRA[@]}"}
 NODE_CMD="$PY -m accelerate.commands.launch --config_file recipes/accelerate/$ACCEL.yaml \
  --num_machines $NUM_MACHINES --num_processes $NUM_PROCESSES --machine_rank \$SLURM_PROCID \
- --main_process_ip $MAIN_NODE --main_process_port $PORT --rdzv_backend static \
- -m llmkit ${TARGET[*]} ${EXTRA[*]}"
+ --main_process_ip $MAIN_NODE --main_process_port $PORT --rdzv_backend static ${LAUNCH_ARGS:-}\
+ -m llmkit$LLMKIT_ARGS"
 
 echo "llmkit on $NUM_MACHINES node(s) x $GPUS_PER_NODE GPU(s): main $MAIN_NODE:$PORT, accelerate $ACCEL" >&2
 if [[ ${DRY_RUN:-0} == 1 ]]; then
