@@ -120,7 +120,7 @@ def test_compare_deltas_mean_and_missing(tmp_path, capsys):
     # chance (50 + 33.3) / 2 = 41.7
     mean = next(line for line in text.splitlines() if line.startswith("| **mean**"))
     cells = [c.strip() for c in mean.strip("|").split("|")]
-    assert cells[0] == "**mean** (2 shared tasks, ×100)"
+    assert cells[0] == "**mean** accuracy-type (2 shared tasks, %)"
     assert cells[2:] == ["41.7", "50.0", "52.5", "50.0", "+2.5", "+0.0"]
     assert "Warning" not in text
     assert (tmp_path / "cmp" / "compare.md").read_text(encoding="utf-8") == text
@@ -230,3 +230,72 @@ def test_reference_rows_rejects_bad_entries(tmp_path):
                  "source: t}\n", encoding="utf-8")
     with pytest.raises(LlmkitError, match="metric"):
         report.reference_rows(path=f)
+
+
+# ----------------------------------------------------------------------------- data source, scales, chart layout
+
+
+def test_report_says_when_the_data_is_a_local_fixture(tmp_path):
+    tasks = {"copa_es": task("es_llm", "acc", 0.5, 0.625, 0.18, n=8),
+             "xnli_es_spanish_bench": task("es_beto", "acc", 1 / 3, 0.5, 0.2, n=6),
+             "sts_es": task("es_beto", "pearson", 0.0, 0.1, None, n=7)}
+    fixture = results("sft", tasks, limit=None)
+    fixture["settings"]["data_dir"] = "tests/fixtures/eval"
+    header = report.markdown_table(fixture).splitlines()[0]
+    assert "full test sets" not in header
+    assert "data: test fixture `tests/fixtures/eval`" in header and "n 6–8 per task" in header
+    md, _ = report.write_report(fixture, tmp_path / "fixture")
+    text = md.read_text(encoding="utf-8")
+    assert "> **Data:** test fixture `tests/fixtures/eval`, not the published test sets (n 6–8 per task)" in text
+    # the published scores of other models: after the run's table, in their own titled block
+    block = text.index("## Published scores of other models (not comparable with fixture runs)")
+    assert text.index("| copa_es |") < text.index("\n---\n") < block < text.index("MarIA RoBERTa-large")
+    assert "MarIA" not in text[:block]
+    local = results("sft", tasks, limit=None)
+    local["settings"]["data_dir"] = "/data/es_copies"
+    assert "data: local copy (--data_dir) `/data/es_copies`" in report.markdown_table(local).splitlines()[0]
+    published = report.markdown_table(results("sft", tasks, limit=None)).splitlines()[0]
+    assert "limit none (full test sets)" in published and "data:" not in published
+
+
+def test_compare_never_averages_correlations_with_accuracies(tmp_path):
+    a = {"copa_es": task("es_llm", "acc", 0.5, 0.60, 0.1), "xnli_es_spanish_bench": task("es_beto", "acc", 1 / 3, 0.40, 0.1),
+         "sts_es": task("es_beto", "pearson", 0.0, 0.10), "escola": task("es_llm", "mcc", 0.0, -0.20)}
+    b = {"copa_es": task("es_llm", "acc", 0.5, 0.70, 0.1), "xnli_es_spanish_bench": task("es_beto", "acc", 1 / 3, 0.50, 0.1),
+         "sts_es": task("es_beto", "pearson", 0.0, 0.30), "escola": task("es_llm", "mcc", 0.0, 0.00)}
+    text = report.compare([write(tmp_path / "a", results("base", a)), write(tmp_path / "b", results("sft", b))], echo=False)
+    # by hand: accuracies (60 + 40) / 2 = 50.0 and (70 + 50) / 2 = 60.0, chance (50 + 33.3) / 2 = 41.7;
+    # correlations (0.10 - 0.20) / 2 = -0.050 and (0.30 + 0.00) / 2 = 0.150, chance 0
+    assert row(text, "**mean** accuracy-type (2 shared tasks, %)")[2:] == ["41.7", "50.0", "60.0", "+10.0"]
+    assert row(text, "**mean** correlation/MCC (2 shared tasks, r)")[2:] == ["0.000", "-0.050", "0.150", "+0.200"]
+    # (the former single mean took every task ×100: (60 + 40 + 10 - 20) / 4 = 22.5)
+    assert "22.5" not in text
+
+
+@pytest.mark.parametrize("which", ["one", "compare"])
+def test_charts_keep_the_x_label_and_put_the_legend_outside_the_axes(tmp_path, monkeypatch, which):
+    import matplotlib.image
+    import matplotlib.pyplot as plt
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)  # keep the figure that was saved
+    long_names = {**RUN_B, "mgsm_direct_es_spanish_bench": task("es_llm", "exact_match", 0.0, 0.0, 0.0),
+                  "escola": task("es_llm", "mcc", 0.0, -0.1, 0.05)}
+    if which == "one":
+        png = report.bar_chart(results("sft", long_names), tmp_path / "results.png")
+    else:
+        png = report.compare_chart([results("a", RUN_A), results("b", long_names)], ["a", "b"], tmp_path / "compare.png")
+    fig = figures[-1]
+    ax = fig.axes[0]
+    renderer = fig.canvas.get_renderer()
+    legend = ax.get_legend().get_window_extent(renderer)
+    axes = ax.get_window_extent(renderer)
+    assert legend.x0 >= axes.x1  # right of the axes: it covers no bar
+    # the saved image holds everything: the x label, the task names and the legend
+    tight = fig.get_tightbbox(renderer)  # inches
+    height, width = matplotlib.image.imread(png).shape[:2]
+    assert width >= tight.width * fig.dpi - 2 and height >= tight.height * fig.dpi - 2
+    for artist in (ax.xaxis.label, legend, *ax.get_yticklabels()):
+        box = artist if hasattr(artist, "x0") else artist.get_window_extent(renderer)
+        assert tight.x0 * fig.dpi - 1 <= box.x0 and box.x1 <= tight.x1 * fig.dpi + 1
+        assert tight.y0 * fig.dpi - 1 <= box.y0 and box.y1 <= tight.y1 * fig.dpi + 1

@@ -15,9 +15,14 @@ How numbers are shown (results.json keeps the harness's raw fractions):
 - a missing value or standard error (null, "N/A", NaN) as "—".
 
 In `compare`, a delta is the run's primary metric minus the first run's, on that display scale
-(percentage points, or correlation units), signed.  The mean row averages the tasks that every
-run has, each primary metric taken ×100 (a correlation of 0.25 counts as 25), so runs are
-compared on the same tasks only.  The charts put every task on that ×100 axis too.
+(percentage points, or correlation units), signed.  The mean rows average the tasks that every
+run has, one mean per scale (accuracy-type metrics in %, correlations and MCC in their own
+units: a Pearson r is never averaged with an accuracy), so runs are compared on the same tasks
+only.  The charts draw every task on one ×100 axis (a correlation of 0.25 at 25), labelled so.
+
+A run that read local data (``settings.data_dir``: a test fixture or --data_dir copy) says so
+in its header, with the number of examples per task; published scores of other models are in
+a separate block that says they are not comparable with such a run.
 
 Published scores (``reference.yaml``, see `reference_rows`) are context, not targets: most come
 from fine-tuned encoders, a different protocol from few-shot prompting (docs/evaluation.md).
@@ -133,15 +138,37 @@ def _name(results: dict[str, Any]) -> str:
     return str(m.get("name") or m.get("target") or "model")
 
 
+def data_source(results: dict[str, Any]) -> str | None:
+    """None when the tasks read their published data; else what the local copy is (the
+    ``data_dir`` results.json records: --data_dir or $LLMKIT_EVAL_DATA_DIR)."""
+    data_dir = _setting(results, "data_dir")
+    if not data_dir:
+        return None
+    fixture = "fixtures" in Path(str(data_dir)).parts
+    return f"{'test fixture' if fixture else 'local copy (--data_dir)'} `{data_dir}`"
+
+
+def _n_range(results: dict[str, Any]) -> str | None:
+    ns = [t.get("n") for t in results["tasks"].values() if isinstance(t.get("n"), int) and not isinstance(t.get("n"), bool)]
+    if not ns:
+        return None
+    lo, hi = min(ns), max(ns)
+    return f"n {lo} per task" if lo == hi else f"n {lo}–{hi} per task"
+
+
 def header_line(results: dict[str, Any]) -> str:
     fewshot = _setting(results, "num_fewshot")
     limit = _setting(results, "limit")
     wall = _num(results.get("wall_time_s"))
+    local = data_source(results)
+    everything = "every example of the local data" if local else "full test sets"
     parts = [
         f"**{_name(results)}**",
         f"engine {_engine(results)}",
         f"few-shot {'task default' if fewshot is None else fewshot}",
-        f"limit {'none (full test sets)' if limit is None else limit}",
+        *([f"data: {local}"] if local else []),
+        f"limit {f'none ({everything})' if limit is None else limit}",
+        *([n] if (n := _n_range(results)) else []),
         f"seed {_setting(results, 'seed') if _setting(results, 'seed') is not None else MISSING}",
         f"wall time {MISSING if wall is None else f'{wall:.1f} s'}",
     ]
@@ -155,8 +182,12 @@ def header_line(results: dict[str, Any]) -> str:
 
 def markdown_table(results: dict[str, Any]) -> str:
     """One row per task: primary metric ± stderr, chance level, n, then the task's other metrics."""
-    lines = [header_line(results), "",
-             "| task | group | metric | score ± stderr | chance | n | other metrics |",
+    lines = [header_line(results), ""]
+    if data_source(results):
+        lines += [f"> **Data:** {data_source(results)}, not the published test sets ({_n_range(results) or 'n unknown'}): "
+                  "these scores say whether the pipeline works, not how good the model is, and are not comparable with "
+                  "published scores.", ""]
+    lines += ["| task | group | metric | score ± stderr | chance | n | other metrics |",
              "|---|---|---|---|---|---|---|"]
     for name, task in results["tasks"].items():
         metric, value, stderr = _primary(task)
@@ -179,7 +210,7 @@ def _err(stderr: Any) -> float:
 
 
 def _axis_label() -> str:
-    return "score ×100 (accuracy, F1, exact match in %; correlations and MCC ×100)"
+    return "score ×100\n(accuracy, F1, exact match in %; correlations and MCC ×100)"
 
 
 def _plt():
@@ -209,27 +240,30 @@ def bar_chart(results: dict[str, Any], png_path: str | Path) -> Path:
         errors.append(_err(stderr))
         chances.append(_scaled(_num(task.get("chance"))))
     y = list(range(len(tasks)))
-    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.45 * max(1, len(tasks))), dpi=100)
+    fig, ax = plt.subplots(figsize=(10, 1.6 + 0.45 * max(1, len(tasks))), dpi=100)
     ax.barh(y, values, xerr=errors, color="tab:blue", alpha=0.8, capsize=3, label="primary metric ± stderr")
     cy = [i for i, c in zip(y, chances) if c is not None]
     ax.scatter([c for c in chances if c is not None], cy, marker="|", s=300, color=CHANCE_COLOR, zorder=3, label="chance")
     ax.set_yticks(y, labels)
     ax.invert_yaxis()
-    ax.set_xlim(*_xlim(values + [c for c in chances if c is not None]))
+    ends = [v + s * e for v, e in zip(values, errors) if not math.isnan(e) for s in (-1, 1)]
+    ax.set_xlim(*_xlim(values + ends + [c for c in chances if c is not None]))
     ax.set_xlabel(_axis_label())
     ax.set_title(f"{_name(results)} — {_engine(results)}")
     return _save_chart(fig, ax, png_path)
 
 
 def _save_chart(fig, ax, png_path) -> Path:
-    """The finishing touches both charts share: zero line, grid, legend; save and close."""
+    """The finishing touches both charts share: zero line, grid, the legend outside the axes
+    (right of them, so it never covers a bar); saved with a tight bounding box so that nothing
+    (the two-line x label, long task names, the legend) is cut off; closed."""
     plt = _plt()
 
     ax.axvline(0, color="grey", lw=0.8)
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=8, markerscale=0.5)
     fig.tight_layout()
-    fig.savefig(png_path)
+    fig.savefig(png_path, bbox_inches="tight", pad_inches=0.15)
     plt.close(fig)
     return Path(png_path)
 
@@ -241,8 +275,11 @@ def write_report(results: dict[str, Any], out_dir: str | Path) -> tuple[Path, Pa
     text = f"# Evaluation: {_name(results)}\n\n{markdown_table(results)}\n"
     refs = reference_markdown(list(results["tasks"]))
     if refs:
-        text += ("\n## Published scores on the same tasks\n\nContext only: a different protocol from this run "
-                 "(most are fine-tuned encoders); see docs/evaluation.md.\n\n" + refs + "\n")
+        why = (f"this run read {data_source(results)}, not the published test sets"
+               if data_source(results) else "most are fine-tuned encoders, a different protocol from few-shot prompting")
+        text += ("\n---\n\n## Published scores of other models (not comparable with fixture runs)\n\n"
+                 f"Other models, other protocols: context, not a target, and not this run's scores ({why}); "
+                 "see docs/evaluation.md.\n\n" + refs + "\n")
     md = out / "report.md"
     md.write_text(text, encoding="utf-8")
     return md, bar_chart(results, out / "results.png")
@@ -300,14 +337,26 @@ def compare_rows(runs: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, 
     return tasks, rows
 
 
-def _mean_row(rows: list[dict[str, Any]], n_runs: int) -> dict[str, Any] | None:
-    shared = [r for r in rows if all(v is not None for v, _ in r["cells"])]
-    if not shared:
-        return None
-    means = [sum(r["cells"][i][0] for r in shared) / len(shared) for i in range(n_runs)]
-    chances = [r["chance"] for r in shared]
-    chance = sum(chances) / len(chances) if all(c is not None for c in chances) else None
-    return {"n": len(shared), "means": means, "chance": chance}
+def _mean_rows(rows: list[dict[str, Any]], n_runs: int) -> list[dict[str, Any]]:
+    """One mean per metric scale over the tasks every run has: accuracy-type metrics (in %) and
+    correlations/MCC (in [-1, 1]) are never averaged together."""
+    out = []
+    for scale, metric in (("%", "acc"), ("correlation", "pearson")):
+        shared = [r for r in rows if all(v is not None for v, _ in r["cells"]) and _is_percent(r["metric"]) == (scale == "%")]
+        if not shared:
+            continue
+        means = [sum(r["cells"][i][0] for r in shared) / len(shared) for i in range(n_runs)]
+        chances = [r["chance"] for r in shared]
+        chance = sum(chances) / len(chances) if all(c is not None for c in chances) else None
+        out.append({"n": len(shared), "means": means, "chance": chance, "scale": scale, "metric": metric})
+    return out
+
+
+def _mean_label(mean: dict[str, Any], bold: bool = True) -> str:
+    kind = "accuracy-type" if mean["scale"] == "%" else "correlation/MCC"
+    tasks = f"{mean['n']} shared task{'s' if mean['n'] != 1 else ''}"
+    name = "**mean**" if bold else "mean"
+    return f"{name} {kind} ({tasks}, {'%' if mean['scale'] == '%' else 'r'})"
 
 
 def _deltas(row: dict[str, Any]) -> list[str]:
@@ -318,10 +367,9 @@ def _deltas(row: dict[str, Any]) -> list[str]:
 
 
 def _mean_cells(mean: dict[str, Any]) -> list[str]:
-    """chance, each run's mean and each delta, all ×100."""
-    chance = MISSING if mean["chance"] is None else f"{100 * mean['chance']:.1f}"
-    means = mean["means"]
-    return [chance, *(f"{100 * v:.1f}" for v in means), *(fmt_delta("acc", v - means[0]) for v in means[1:])]
+    """chance, each run's mean and each delta, on the scale of the metrics averaged."""
+    m, means = mean["metric"], mean["means"]
+    return [fmt_value(m, mean["chance"]), *(fmt_value(m, v) for v in means), *(fmt_delta(m, v - means[0]) for v in means[1:])]
 
 
 def compare_markdown(runs: list[dict[str, Any]], labels: list[str], files: list[Path],
@@ -336,12 +384,13 @@ def compare_markdown(runs: list[dict[str, Any]], labels: list[str], files: list[
         m = row["metric"]
         lines.append("| " + " | ".join([row["task"], m or MISSING, fmt_value(m, row["chance"]),
                                         *(fmt_score(m, v, e) for v, e in row["cells"]), *_deltas(row)]) + " |")
-    mean = _mean_row(rows, len(runs))
-    if mean:
+    for mean in _mean_rows(rows, len(runs)):
         chance, *rest = _mean_cells(mean)
-        lines.append("| " + " | ".join([f"**mean** ({mean['n']} shared tasks, ×100)", "", chance, *rest]) + " |")
+        lines.append("| " + " | ".join([_mean_label(mean), "", chance, *rest]) + " |")
     lines += ["", "Δ: the run minus the first run, in percentage points (correlation units for pearson, spearman, mcc). "
-              "Scores are ± standard error; a delta smaller than about two standard errors is noise."]
+              "Scores are ± standard error; a delta smaller than about two standard errors is noise. "
+              "Means are over the tasks every run has, one per scale: accuracy-type metrics (acc, F1, exact match) "
+              "in %, correlations and MCC in their own units; the two are never averaged together."]
     return "\n".join(lines) + "\n"
 
 
@@ -351,7 +400,7 @@ def compare_chart(runs: list[dict[str, Any]], labels: list[str], png_path: str |
     _, rows = compare_rows(runs)
     k = len(runs)
     h = 0.8 / k
-    fig, ax = plt.subplots(figsize=(8, 1.5 + 0.3 * k * max(1, len(rows))), dpi=100)
+    fig, ax = plt.subplots(figsize=(10, 1.9 + 0.3 * k * max(1, len(rows))), dpi=100)
     seen: list[float] = []
     for j, lab in enumerate(labels):
         ys, xs, errs = [], [], []
@@ -361,7 +410,7 @@ def compare_chart(runs: list[dict[str, Any]], labels: list[str], png_path: str |
                 ys.append(i - 0.4 + h * (j + 0.5))
                 xs.append(100 * v)
                 errs.append(_err(e))
-        seen += xs
+        seen += xs + [x + s * e for x, e in zip(xs, errs) if not math.isnan(e) for s in (-1, 1)]
         ax.barh(ys, xs, height=h, xerr=errs, capsize=2, label=lab, alpha=0.85)
     chance = [(i, 100 * r["chance"]) for i, r in enumerate(rows) if r["chance"] is not None]
     if chance:
@@ -388,10 +437,9 @@ def _print_rich(runs: list[dict[str, Any]], labels: list[str], warnings: Sequenc
         m = row["metric"]
         table.add_row(row["task"], m or MISSING, fmt_value(m, row["chance"]),
                       *(fmt_value(m, v) for v, _ in row["cells"]), *_deltas(row))
-    mean = _mean_row(rows, len(runs))
-    if mean:
+    for mean in _mean_rows(rows, len(runs)):
         chance, *rest = _mean_cells(mean)
-        table.add_row(f"mean ({mean['n']} shared, ×100)", "", chance, *rest, style="bold")
+        table.add_row(_mean_label(mean, bold=False), "", chance, *rest, style="bold")
     console = Console(stderr=True)
     if not console.is_terminal:  # a log file: print the whole table rather than truncate numbers to 80 columns
         console = Console(stderr=True, width=1000)  # the table itself stays as narrow as its cells
