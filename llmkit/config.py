@@ -30,13 +30,44 @@ class LlmkitError(Exception):
 RUN_KEYS = ("overwrite",)
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, first: int, second: int) -> None:
+        super().__init__(key, first, second)
+        self.key, self.first, self.second = key, first, second
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key written twice in one mapping (PyYAML keeps the last
+    one silently), at any depth.  Keys brought in by a ``<<`` merge may be overridden."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    if key in seen:
+                        raise _DuplicateKey(key, seen[key], line)
+                    seen[key] = line
+                except TypeError:  # an unhashable key: the constructor reports it
+                    continue
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping, turning every failure into a one-line LlmkitError."""
+    """Read a YAML mapping, turning every failure (a key written twice included) into a
+    one-line LlmkitError."""
     path = Path(path)
     if not path.is_file():
         raise LlmkitError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+    except _DuplicateKey as dup:
+        lines = f"lines {dup.first} and {dup.second}" if dup.first != dup.second else f"both on line {dup.first}"
+        raise LlmkitError(f"{path}: key {dup.key!r} appears twice ({lines}); keep one") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -97,6 +128,19 @@ def _field_types(tp: Any) -> tuple[set[type], list[Any]]:
 
 
 def _coerce(key: str, value: Any, field: dataclasses.Field, from_cli: bool, source: str, tp: Any = None) -> Any:
+    value = _coerce_value(key, value, field, from_cli, source, tp)
+    plain, _ = _field_types(field.type if tp is None else tp)
+    enums = [t for t in plain if isinstance(t, type) and issubclass(t, enum.Enum)]
+    if enums and isinstance(value, str):  # e.g. optim: OptimizerNames | str
+        choices = [str(m.value) for e in enums for m in e]
+        if value not in choices:
+            close = difflib.get_close_matches(value, choices, n=3, cutoff=0.6)
+            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            raise LlmkitError(f"{source}: unknown {key} {value!r}.{hint} (valid: {', '.join(choices)})")
+    return value
+
+
+def _coerce_value(key: str, value: Any, field: dataclasses.Field, from_cli: bool, source: str, tp: Any = None) -> Any:
     plain, literals = _field_types(field.type if tp is None else tp)
     if from_cli and isinstance(value, str):
         if value.lower() in ("none", "null") and type(None) in plain:
@@ -147,6 +191,9 @@ class StageConfig:
     args: list[Any]  # one instance per dataclass, in the stage's order
     explicit: dict[str, Any]  # the keys the user set (YAML then CLI), typed
     source: str  # where the config came from, for messages
+    # explicit, with numbers as the user wrote them (``warmup_steps: 10`` stays 10 where the
+    # field is a float, so explicit holds 10.0): what config.yaml shows; None: explicit
+    written: dict[str, Any] | None = None
 
     def get(self, cls: type) -> Any:
         for a in self.args:
@@ -159,14 +206,22 @@ class StageConfig:
         blob = json.dumps(to_plain(self.explicit), sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
+    def as_written(self) -> dict[str, Any]:
+        """The keys the user set, numbers as written (for config.yaml)."""
+        return dict(self.explicit if self.written is None else self.written)
+
     def resolved(self) -> dict[str, Any]:
-        """Every key with its final value, for config_resolved.yaml."""
+        """Every key with its final value, for config_resolved.yaml (a number the user wrote
+        as an integer stays one)."""
         out: dict[str, Any] = {}
         for a in self.args:
             d = a.to_dict() if hasattr(a, "to_dict") else dataclasses.asdict(a)
             for k, v in d.items():
                 if not k.startswith("_"):
                     out.setdefault(k, to_plain(v))
+        for k, v in (self.written or {}).items():
+            if k in out and isinstance(v, int) and not isinstance(v, bool) and isinstance(out[k], float) and out[k] == v:
+                out[k] = v
         return out
 
 
@@ -224,6 +279,7 @@ def load_stage_config(
     valid = sorted(fields)
     source = str(config_path) if config_path else "command line"
     explicit: dict[str, Any] = {}
+    written: dict[str, Any] = {}
     layers: list[tuple[dict[str, Any], bool, str]] = []
     if config_path:
         layers.append((read_yaml(config_path), False, str(config_path)))
@@ -236,6 +292,7 @@ def load_stage_config(
                 raise LlmkitError(unknown_key_message(str(key), valid, src))
             _, fld, tp = fields[key]
             explicit[key] = _coerce(key, value, fld, from_cli, src, tp)
+            written[key] = _as_written(value, explicit[key], from_cli)
     values = dict((defaults(explicit) if callable(defaults) else defaults) or {})
     values.update(explicit)
     args = []
@@ -247,7 +304,22 @@ def load_stage_config(
         except (ValueError, TypeError) as exc:
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise LlmkitError(f"{source}: invalid configuration: {msg}") from None
-    return StageConfig(args=args, explicit=explicit, source=source)
+    return StageConfig(args=args, explicit=explicit, source=source, written=written)
+
+
+def _as_written(raw: Any, typed: Any, from_cli: bool) -> Any:
+    """``typed``, except that an integer the user wrote (``10``, ``--warmup_steps 10``) that a
+    float field made ``10.0`` is kept as the integer."""
+    if not isinstance(typed, float) or isinstance(typed, bool):
+        return typed
+    if from_cli and isinstance(raw, str):
+        try:
+            raw = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            return typed
+    if isinstance(raw, int) and not isinstance(raw, bool) and raw == typed:
+        return raw
+    return typed
 
 
 def format_help(stage: str, classes: list[type], doc: str) -> str:

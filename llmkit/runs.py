@@ -225,7 +225,7 @@ def redact(config: dict[str, Any]) -> dict[str, Any]:
 def write_configs(directory: Path, cfg: StageConfig) -> None:
     import yaml
 
-    (directory / "config.yaml").write_text(yaml.safe_dump(redact(to_plain(cfg.explicit)), sort_keys=False, allow_unicode=True))
+    (directory / "config.yaml").write_text(yaml.safe_dump(redact(to_plain(cfg.as_written())), sort_keys=False, allow_unicode=True))
     (directory / "config_resolved.yaml").write_text(
         yaml.safe_dump(redact(cfg.resolved()), sort_keys=True, allow_unicode=True, default_flow_style=False)
     )

@@ -429,3 +429,73 @@ def test_help_wins_over_bad_config(capsys, tmp_path):
     """--help prints help even when the rest of the command line is wrong."""
     assert llmkit("sft", "--config", tmp_path / "missing.yaml", "--nonsense", "1", "--help") == 0
     assert "--lora_r" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- duplicate keys, numbers as written
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "lines"),
+    [
+        ("learning_rate: 1e-4\nmax_steps: 3\noutput_dir: a\n\n\n\n\n\nlearning_rate: 2e-4\n", "learning_rate", "lines 1 and 9"),
+        ("max_steps: 3\nmodel_config:\n  model_type: llama\n  hidden_size: 64\n  hidden_size: 32\n", "hidden_size", "lines 4 and 5"),
+        ("datasets:\n  - {path: a.jsonl, weight: 1, weight: 2}\n", "weight", "both on line 2"),
+    ],
+)
+def test_duplicate_yaml_key_names_both_lines(tmp_path, text, key, lines):
+    p = tmp_path / "dup.yaml"
+    p.write_text(text, encoding="utf-8")
+    with pytest.raises(LlmkitError) as e:
+        read_yaml(p)
+    assert str(e.value) == f"{p}: key '{key}' appears twice ({lines}); keep one"
+
+
+def test_duplicate_key_from_the_cli_is_one_error_line(tmp_path, capsys):
+    p = tmp_path / "sft.yaml"
+    p.write_text("learning_rate: 1e-4\nmax_steps: 3\nlearning_rate: 2e-4\n", encoding="utf-8")
+    assert llmkit("sft", "--config", p) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"llmkit: error: {p}: key 'learning_rate' appears twice (lines 1 and 3); keep one"
+
+
+def test_merge_keys_may_be_overridden_and_equal_keys_in_sibling_mappings_are_fine(tmp_path):
+    p = tmp_path / "ok.yaml"
+    p.write_text("base: &b {lora_r: 8, lora_alpha: 16}\nmodel_config:\n  <<: *b\n  lora_r: 4\nother:\n  lora_r: 2\n", encoding="utf-8")
+    assert read_yaml(p) == {"base": {"lora_r": 8, "lora_alpha": 16}, "model_config": {"lora_r": 4, "lora_alpha": 16}, "other": {"lora_r": 2}}
+
+
+@pytest.mark.parametrize("where", ["yaml", "cli"])
+def test_integers_stay_integers_in_the_saved_config(tmp_path, where):
+    """warmup_steps is a float field in transformers (a fraction < 1 or a step count): the
+    dataclass gets 10.0, config.yaml shows the user's 10; the hash is that of the typed values."""
+    from llmkit import runs
+
+    if where == "yaml":
+        cfg = load("sft", "warmup_steps: 10\nlearning_rate: 1e-4\nmax_steps: 3\n", tmp_path=tmp_path)
+    else:
+        cfg = load("sft", None, ["--warmup_steps", "10", "--learning_rate", "1e-4", "--max_steps", "3"])
+    assert value(cfg, "warmup_steps") == 10.0 and isinstance(value(cfg, "warmup_steps"), float)
+    runs.write_configs(tmp_path, cfg)
+    text = (tmp_path / "config.yaml").read_text()
+    assert "warmup_steps: 10\n" in text and "learning_rate: 0.0001\n" in text and "max_steps: 3\n" in text, text
+    resolved = (tmp_path / "config_resolved.yaml").read_text()
+    assert "warmup_steps: 10\n" in resolved and "learning_rate: 0.0001\n" in resolved, resolved
+    assert cfg.hash() == load("sft", None, ["--warmup_steps", "10.0", "--learning_rate", "1e-4", "--max_steps", "3"]).hash()
+
+
+def test_a_float_the_user_wrote_stays_a_float(tmp_path):
+    from llmkit import runs
+
+    cfg = load("sft", "warmup_steps: 0.1\nlearning_rate: 1.0\n", tmp_path=tmp_path)
+    runs.write_configs(tmp_path, cfg)
+    text = (tmp_path / "config.yaml").read_text()
+    assert "warmup_steps: 0.1\n" in text and "learning_rate: 1.0\n" in text, text
+
+
+@pytest.mark.parametrize(("key", "bad", "close"), [("optim", "adamw_torh", "adamw_torch"), ("lr_scheduler_type", "cosin", "cosine"),
+                                                   ("eval_strategy", "step", "steps")])
+def test_enum_keys_are_checked_with_suggestions(tmp_path, key, bad, close):
+    with pytest.raises(LlmkitError) as e:
+        load("sft", f"{key}: {bad}\n", tmp_path=tmp_path)
+    assert f"unknown {key} '{bad}'. Did you mean: {close}" in str(e.value)
+    load("sft", f"{key}: {close}\n", tmp_path=tmp_path)
