@@ -7,7 +7,8 @@ A dataset entry in a recipe is a path/hub id or a mapping::
       - {path: bertin-project/alpaca-spanish, split: train, weight: 0.5, format: alpaca}
 
 ``weight`` samples a fraction (<1) or repeats (>1) a source; ``format`` converts common
-instruction layouts (alpaca, dolly) to TRL's ``messages`` and GSM8K-style math (question,
+instruction layouts (alpaca, dolly) and ShareGPT chats (``conversations`` of ``from``/``value``,
+``sharegpt``) to TRL's ``messages`` and GSM8K-style math (question,
 answer ending in ``#### N``) to ``prompt``/``answer``; ``columns`` renames columns.  Local
 JSONL is parsed here line by line so that a malformed row is reported with its line number,
 and every row of a local file (a sample of a hub set) is checked against the schema the
@@ -120,7 +121,7 @@ def _read_local(path: Path) -> list[dict[str, Any]]:
     return [{**r, "__line__": i + 1} for i, r in enumerate(ds)]
 
 
-def _convert(rows: list[dict[str, Any]], spec: dict[str, Any], source: str) -> list[dict[str, Any]]:
+def _convert(rows: list[dict[str, Any]], spec: dict[str, Any], source: str, unit: str = "row") -> list[dict[str, Any]]:
     cols = spec.get("columns") or {}
     if cols:
         if not isinstance(cols, dict):
@@ -131,20 +132,54 @@ def _convert(rows: list[dict[str, Any]], spec: dict[str, Any], source: str) -> l
         return rows
     if fmt == "gsm8k":
         return [_gsm8k_row(r, source) for r in rows]
+    if fmt == "sharegpt":
+        return [_sharegpt_row(r, source, unit) for r in rows]
     layouts = {"alpaca": ("instruction", "input", "output"), "dolly": ("instruction", "context", "response")}
     if fmt not in layouts:
-        raise LlmkitError(f"{source}: unknown format {fmt!r}; known: {sorted(layouts) + ['gsm8k']}")
+        raise LlmkitError(f"{source}: unknown format {fmt!r}; known: {sorted(layouts) + ['gsm8k', 'sharegpt']}")
     ins, ctx, out = layouts[fmt]
     converted = []
     for r in rows:
         for c in (ins, out):
             if not isinstance(r.get(c), str):
-                raise LlmkitError(f"{source} row {r.get('__line__', '?')}: format {fmt} needs a text column '{c}'")
+                raise LlmkitError(f"{source} {unit} {r.get('__line__', '?')}: format {fmt} needs a text column '{c}'")
         user = r[ins] if not r.get(ctx) else f"{r[ins]}\n\n{r[ctx]}"
         converted.append(
             {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": r[out]}], "__line__": r.get("__line__")}
         )
     return converted
+
+
+# ShareGPT speakers ('from') -> chat roles
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+
+
+def _sharegpt_row(r: dict[str, Any], source: str, unit: str = "row") -> dict[str, Any]:
+    """ShareGPT layout ('conversations': [{from: human|gpt|system, value}]) -> TRL's 'messages'."""
+    where = f"{source} {unit} {r.get('__line__', '?')}"
+    conv = r.get("conversations")
+    if not isinstance(conv, list) or not conv:
+        raise LlmkitError(f"{where}: format sharegpt needs 'conversations', a non-empty list of {{from, value}} messages")
+    messages = []
+    for i, m in enumerate(conv, start=1):
+        if not isinstance(m, dict) or not isinstance(m.get("from"), str) or not isinstance(m.get("value"), str):
+            raise LlmkitError(f"{where}: message {i} of 'conversations' needs a string 'from' and a string 'value'")
+        role = SHAREGPT_ROLES.get(m["from"].strip().lower())
+        if role is None:
+            raise LlmkitError(f"{where}: message {i} of 'conversations' has an unknown speaker 'from': {m['from']!r} "
+                              f"(format sharegpt knows {', '.join(SHAREGPT_ROLES)})")
+        messages.append({"role": role, "content": m["value"]})
+    return {"messages": messages, "__line__": r.get("__line__")}
+
+
+# layouts a source may have without 'format', and the format that converts each: suggested in
+# the error when a stage's columns are missing
+KNOWN_LAYOUTS = (
+    ({"conversations"}, "ShareGPT (conversations of from/value messages)", "sharegpt"),
+    ({"instruction", "output"}, "Alpaca (instruction/input/output)", "alpaca"),
+    ({"instruction", "response"}, "Dolly (instruction/context/response)", "dolly"),
+    ({"question", "answer"}, "GSM8K (question/answer ending in '#### N')", "gsm8k"),
+)
 
 
 GSM8K_INSTRUCTION = "Razona paso a paso y termina con «La respuesta es N»."
@@ -177,7 +212,7 @@ def load_source(spec: dict[str, Any]) -> tuple[list[dict[str, Any]], str, bool]:
         local = False
     if not rows:
         raise LlmkitError(f"dataset {path} is empty")
-    return _convert(rows, spec, path), path, local
+    return _convert(rows, spec, path, "line" if local else "row"), path, local
 
 
 def _weighted(rows: list[dict[str, Any]], weight: float, seed: int) -> list[dict[str, Any]]:
@@ -241,7 +276,12 @@ def detect_format(columns: set[str], kind: str, source: str) -> str:
     else:  # pragma: no cover - programming error
         raise ValueError(kind)
     found = ", ".join(sorted(c for c in columns if c != "__line__")) or "none"
-    raise LlmkitError(f"{source}: needs column(s) {need}; found: {found}")
+    hint = ""
+    for cols, name, fmt in KNOWN_LAYOUTS:
+        if cols <= columns and (kind == "sft" and fmt != "gsm8k" or kind == "prompt" and fmt == "gsm8k"):
+            hint = f". This looks like {name}; add format: {fmt} to this dataset's entry in the config"
+            break
+    raise LlmkitError(f"{source}: needs column(s) {need}; found: {found}{hint}")
 
 
 def check_row(row: dict[str, Any], layout: str, where: str) -> None:
