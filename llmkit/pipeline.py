@@ -24,6 +24,8 @@ from typing import Any
 
 from llmkit import runs
 from llmkit.config import LlmkitError, read_yaml
+from llmkit.stages import STAGES
+from llmkit.stages import summary as stage_summary
 
 
 def read_pipeline(recipe: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -38,7 +40,6 @@ def read_pipeline(recipe: str | Path) -> tuple[dict[str, Any], list[dict[str, An
     stages = spec.get("stages")
     if not isinstance(stages, list) or not stages:
         raise LlmkitError(f"{pfile}: 'stages' must be a non-empty list")
-    from llmkit.cli import STAGES
 
     out = []
     for i, s in enumerate(stages):
@@ -143,23 +144,26 @@ def run_recipe(recipe: str | Path, force: bool = False, from_stage: str | None =
         summary.append(_row(s, f"ran in {time.time() - t0:.0f}s", new, out))
     if runs.is_main_process():
         print_summary(spec.get("name", str(recipe)), summary)
+        from llmkit.report import write_report
+
+        md, page = write_report(recipe)
+        print(f"llmkit run: report card in {md} and {page}", flush=True)
     return summary
 
 
 def _row(s: dict[str, Any], status: str, manifest: dict[str, Any] | None, out: str) -> dict[str, Any]:
     m = manifest or {}
-    return {"stage": s["name"], "status": status, "wall_time_s": m.get("wall_time_s"), "steps": m.get("steps"), "metrics": m.get("metrics", {}), "output_dir": out}
+    return {"stage": s["name"], "status": status, "wall_time_s": m.get("wall_time_s"), "steps": m.get("steps"), "metrics": m.get("metrics", {}),
+            "summary": m.get("summary") or stage_summary(s["stage"], m.get("metrics", {})), "output_dir": out}
 
 
-SHOWN_METRICS = (
-    "fertility", "roundtrip_rate",  # tokenizer
-    "eval_ppl_before", "eval_ppl",  # pretrain
-    "eval_loss_before", "eval_loss", "sample_format_match_before", "sample_format_match",  # sft
-    "pairwise_accuracy_before", "pairwise_accuracy",  # reward
-    "preference_accuracy_before", "preference_accuracy", "implicit_reward_accuracy", "implicit_reward_margin",  # dpo
-    "eval_math_accuracy_reward_before", "eval_math_accuracy_reward",  # grpo
-    "eval_reward_before", "eval_reward", "final_kl",  # ppo
-)
+def summary_text(row: dict[str, Any]) -> str:
+    """``preference accuracy 0.890 -> 0.920`` (or just the value when there is no "before")."""
+    def fmt(v: Any) -> str:
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    before = f"{fmt(row['before'])} -> " if row.get("before") is not None else ""
+    return f"{row['label']} {before}{fmt(row['after'])}"
 
 
 def print_summary(title: str, rows: list[dict[str, Any]]) -> None:
@@ -170,7 +174,7 @@ def print_summary(title: str, rows: list[dict[str, Any]]) -> None:
     for col in ("stage", "status", "steps", "key metrics", "output"):
         table.add_column(col)
     for r in rows:
-        shown = [f"{k}={r['metrics'][k]:.3f}" for k in SHOWN_METRICS if isinstance(r["metrics"].get(k), (int, float))]
+        shown = [summary_text(x) for x in r.get("summary") or []]
         table.add_row(r["stage"], r["status"], str(r["steps"] or "-"), ", ".join(shown), r["output_dir"])
     Console(width=160).print(table)
 

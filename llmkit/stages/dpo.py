@@ -21,6 +21,9 @@ from llmkit.config import LlmkitError, StageConfig
 from llmkit.stages import common
 
 STAGE = "dpo"
+# the stage's key numbers, (label, metric before training, metric after): manifest "summary", `llmkit run`, reports
+SUMMARY = (("preference accuracy", "preference_accuracy_before", "preference_accuracy"),
+           ("implicit-reward accuracy", None, "implicit_reward_accuracy"), ("implicit-reward margin", None, "implicit_reward_margin"))
 
 
 @dataclass

@@ -13,6 +13,7 @@ answer accuracy on held-out problems before and after -> run directory.
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -25,6 +26,10 @@ from llmkit.config import LlmkitError, StageConfig
 from llmkit.stages import common
 
 STAGE = "grpo"
+# the stage's key numbers, (label, metric before training, metric after): manifest "summary", `llmkit run`, reports
+SAMPLES = 8  # held-out answers before/after kept in samples.jsonl
+SUMMARY = (("answer accuracy", "eval_math_accuracy_reward_before", "eval_math_accuracy_reward"),
+           ("format reward", "eval_format_reward_before", "eval_format_reward"))
 
 
 @dataclass
@@ -61,9 +66,13 @@ def check_generation_batch(gargs: GRPOConfig, cfg: StageConfig) -> None:
         )
 
 
-def evaluate(model, tokenizer, rows: list[dict], funcs, max_new_tokens: int) -> dict[str, float]:
-    """Mean of every reward function over greedy answers to held-out prompts."""
-    completions = modeling.generate_completions(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens)
+def evaluate(model, tokenizer, rows: list[dict], funcs, max_new_tokens: int, desc: str | None = None,
+             answers: list | None = None) -> dict[str, float]:
+    """Mean of every reward function over greedy answers to held-out prompts (the answers are
+    appended to ``answers`` when given)."""
+    completions = modeling.generate_completions(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens, desc=desc)
+    if answers is not None:
+        answers.extend(completions)
     ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in completions]
     if isinstance(rows[0]["prompt"], list):
         completions = [[{"role": "assistant", "content": c}] for c in completions]
@@ -152,13 +161,17 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     )
     metrics: dict = {"train_prompts": len(train_ds), "mode": "lora" if lora else "full", "rewards": [f.__name__ for f in funcs]}
     held = eval_ds.to_list()[: a.eval_limit] if eval_ds is not None else []
+    answers_before: list[str] = []
+    answers_after: list[str] = []
     if held and runs.is_main_process():
-        metrics.update({f"eval_{k}_before": v for k, v in evaluate(trainer.model, tokenizer, held, funcs, a.eval_max_new_tokens).items()})
+        metrics.update({f"eval_{k}_before": v for k, v in evaluate(trainer.model, tokenizer, held, funcs, a.eval_max_new_tokens,
+                                                                  "llmkit grpo: held-out rewards (before)", answers_before).items()})
     result = common.train(trainer, staging)
     metrics["train_loss"] = result.training_loss
     if held and runs.is_main_process():
         model = trainer.accelerator.unwrap_model(trainer.model)
-        metrics.update({f"eval_{k}": v for k, v in evaluate(model, tokenizer, held, funcs, a.eval_max_new_tokens).items()})
+        metrics.update({f"eval_{k}": v for k, v in evaluate(model, tokenizer, held, funcs, a.eval_max_new_tokens,
+                                                           "llmkit grpo: held-out rewards (after)", answers_after).items()})
         metrics["eval_prompts"] = len(held)
     trainer.save_model(str(staging))
     if runs.is_main_process():
@@ -166,6 +179,11 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
         if stacked:
             lineage.stack_saved_adapter(staging, margs.model_name_or_path, output_dir)
         shutil.rmtree(merged_ref, ignore_errors=True)
+        if answers_after:  # greedy answers to the first held-out prompts, before and after
+            with open(staging / "samples.jsonl", "w", encoding="utf-8") as fh:
+                for row, before, after in list(zip(held, answers_before, answers_after))[:SAMPLES]:
+                    fh.write(json.dumps({"prompt": row["prompt"], "answer": row.get("answer"), "before": before, "after": after},
+                                        ensure_ascii=False) + "\n")
     inputs = {"policy": margs.model_name_or_path, "reward_funcs": list(a.reward_funcs), "reward_model": a.reward_model_path,
               "tokenizer": tok_path, **provenance}
     return common.finish_training_stage(STAGE, cfg, staging, output_dir, started, inputs, metrics, trainer.state.global_step,

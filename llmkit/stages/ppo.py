@@ -72,6 +72,8 @@ from llmkit.stages import common
 from llmkit.stages import ppo_core as core
 
 STAGE = "ppo"
+# the stage's key numbers, (label, metric before training, metric after): manifest "summary", `llmkit run`, reports
+SUMMARY = (("eval reward", "eval_reward_before", "eval_reward"), ("KL to the initial policy (nats)", None, "final_kl"))
 
 
 @dataclass

@@ -21,6 +21,8 @@ from llmkit.config import LlmkitError, StageConfig
 from llmkit.stages import common
 
 STAGE = "pretrain"
+# the stage's key numbers, (label, metric before training, metric after): manifest "summary", `llmkit run`, reports
+SUMMARY = (("held-out perplexity", "eval_ppl_before", "eval_ppl"),)
 
 
 @dataclass

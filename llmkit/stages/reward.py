@@ -21,6 +21,8 @@ from llmkit.config import LlmkitError, StageConfig
 from llmkit.stages import common
 
 STAGE = "reward"
+# the stage's key numbers, (label, metric before training, metric after): manifest "summary", `llmkit run`, reports
+SUMMARY = (("pairwise accuracy", "pairwise_accuracy_before", "pairwise_accuracy"), ("margin", "margin_before", "margin"))
 
 
 @dataclass

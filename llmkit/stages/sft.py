@@ -23,6 +23,9 @@ from llmkit.config import LlmkitError, StageConfig
 from llmkit.stages import common
 
 STAGE = "sft"
+# the stage's key numbers, (label, metric before training, metric after): manifest "summary", `llmkit run`, reports
+SUMMARY = (("held-out answer loss", "eval_loss_before", "eval_loss"), ("exact answers", "sample_exact_match_before", "sample_exact_match"),
+           ("answers in the trained format", "sample_format_match_before", "sample_format_match"))
 
 
 @dataclass
@@ -147,10 +150,13 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     metrics["trainable_parameters"] = trainable
     sample_rows = eval_ds.to_list() if eval_ds is not None else []
     if eval_ds is not None:
+        progress.announce("llmkit sft: held-out loss (before)")
         metrics["eval_loss_before"] = trainer.evaluate()["eval_loss"]
-        before = generate_samples(trainer.model, tokenizer, sample_rows, layout, a.sample_prompts, a.sample_max_new_tokens)
+        before = generate_samples(trainer.model, tokenizer, sample_rows, layout, a.sample_prompts, a.sample_max_new_tokens,
+                                  "llmkit sft: greedy samples (before)")
         if before:
             metrics["sample_format_match_before"] = sum(s["format_match"] for s in before) / len(before)
+            metrics["sample_exact_match_before"] = sum(s["exact_match"] for s in before) / len(before)
     result = common.train(trainer, staging)
     metrics["train_loss"] = result.training_loss
     if eval_ds is not None:
@@ -162,10 +168,13 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
             # generate() and the RL trainers stop at (as chat models on the hub do)
             tokenizer.eos_token = "<|im_end|>"
         tokenizer.save_pretrained(staging)
-        samples = generate_samples(trainer.model, tokenizer, sample_rows, layout, a.sample_prompts, a.sample_max_new_tokens)
+        samples = generate_samples(trainer.model, tokenizer, sample_rows, layout, a.sample_prompts, a.sample_max_new_tokens,
+                                   "llmkit sft: greedy samples (after)")
         if samples:
+            earlier = {json.dumps(s["prompt"], ensure_ascii=False): s["generated"] for s in (before if eval_ds is not None else [])}
             with open(staging / "samples.jsonl", "w", encoding="utf-8") as fh:
                 for s in samples:
+                    s["generated_before"] = earlier.get(json.dumps(s["prompt"], ensure_ascii=False))
                     fh.write(json.dumps(s, ensure_ascii=False) + "\n")
             metrics["sample_exact_match"] = sum(s["exact_match"] for s in samples) / len(samples)
             metrics["sample_format_match"] = sum(s["format_match"] for s in samples) / len(samples)

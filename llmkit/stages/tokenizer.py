@@ -17,6 +17,8 @@ from llmkit.config import LlmkitError, StageConfig
 from llmkit.modeling import SPECIAL_TOKENS, has_generation_markers, resolve_chat_template
 
 STAGE = "tokenizer"
+# the stage's key numbers, (label, metric before training, metric after): manifest "summary", `llmkit run`, reports
+SUMMARY = (("vocabulary", None, "vocab_size"), ("fertility (tokens per word)", None, "fertility"), ("round-trip rate", None, "roundtrip_rate"))
 
 
 @dataclass
