@@ -273,11 +273,13 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--force", action="store_true", help="with --recipe: evaluate again stages already evaluated")
     c = sub.add_parser("chat", help="chat in the terminal with a served model or a run directory")
     c.add_argument("target", help="server URL (http://127.0.0.1:8000) or anything `llmkit serve` takes")
-    c.add_argument("--model", help="served model name (default: the first one listed, the adapter for a LoRA run)")
+    c.add_argument("--model", help="served model name (default: the adapter of a LoRA run — the first adapter when the "
+                                   "server has several — else the first model listed)")
     c.add_argument("--api-key", default=os.environ.get("LLMKIT_API_KEY"))
     c.add_argument("--system", help="system prompt")
     c.add_argument("--max-tokens", type=int, default=256)
-    c.add_argument("--temperature", type=float, default=0.7)
+    c.add_argument("--temperature", type=float, default=0.0,
+                   help="sampling temperature (default 0: greedy, the clean answers a small model gives; e.g. 0.7 for variety)")
     for parser in [p, *(v for k, v in sub.choices.items() if k not in STAGES)]:
         parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     return p

@@ -411,8 +411,14 @@ def serve(target: str, adapters: list[str] | None = None, merged: bool = False, 
 # ----------------------------------------------------------------------------- chat
 
 
+# Chat decodes greedily by default: the tiny demo model (runs/tiny-es/sft) gives broken text at
+# temperature 0.7 and a clean answer at 0 (issue 15), and greedy answers are what the SFT stage
+# measures (samples.jsonl); pass --temperature for sampling.
+CHAT_TEMPERATURE = 0.0
+
+
 def chat(target: str, model: str | None = None, api_key: str | None = None, system: str | None = None,
-         max_tokens: int = 256, temperature: float = 0.7, input_fn=input, out=None) -> int:
+         max_tokens: int = 256, temperature: float = CHAT_TEMPERATURE, input_fn=input, out=None) -> int:
     """A terminal chat that streams the answer and keeps the conversation. TARGET is a server URL
     or anything `llmkit serve` takes (a server is then started for the session and stopped after).
     Commands: /reset clears the conversation, /exit (or Ctrl-D) quits."""
@@ -432,16 +438,16 @@ def _chat_loop(url: str, model: str | None, api_key: str | None, system: str | N
     base = url if url.endswith("/v1") else url + "/v1"
     client = openai.OpenAI(base_url=base, api_key=api_key or os.environ.get("OPENAI_API_KEY") or "none", max_retries=0)
     try:
-        served = [m.id for m in client.models.list().data]
+        served = [m.model_dump() for m in client.models.list().data]
     except openai.AuthenticationError:
         raise LlmkitError(f"{url} refused the API key; pass the right one with --api-key") from None
     except openai.APIConnectionError:
         raise LlmkitError(f"no server answers at {url}; start one with `llmkit serve RUN_DIR`") from None
-    if model is None:
-        model = served[0]
-    elif model not in served:
-        raise LlmkitError(f"{url} does not serve {model!r}; it serves: {', '.join(served)}")
-    print(f"chatting with {model} at {url} — /reset clears the conversation, /exit quits", file=out, flush=True)
+    model, what, note = choose_chat_model(served, model, url)
+    if note:
+        print(f"llmkit: {note}", file=sys.stderr, flush=True)
+    print(f"chatting with {model}{what} at {url} (temperature {temperature:g}) — /reset clears the conversation, /exit quits",
+          file=out, flush=True)
     history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
     while True:
         try:
@@ -474,6 +480,36 @@ def _chat_loop(url: str, model: str | None, api_key: str | None, system: str | N
             continue
         print(file=out, flush=True)
         history.append({"role": "assistant", "content": "".join(parts)})
+
+
+def choose_chat_model(served: list[dict], requested: str | None, url: str = "the server") -> tuple[str, str, str | None]:
+    """(model id, what it is, a note or None) from a /v1/models listing.
+
+    vLLM lists the base model(s) first, then each LoRA adapter with ``parent`` = its base.  A
+    LoRA run is served as base + adapter and the adapter is the trained model, so without
+    --model chat picks the adapter when there is exactly one, the first adapter (with a note
+    naming the others) when there are several, and the first model when there are none."""
+    ids = [str(m.get("id")) for m in served if m.get("id")]
+    if not ids:
+        raise LlmkitError(f"{url} serves no model (its /v1/models list is empty)")
+    parent = {str(m["id"]): m.get("parent") for m in served if m.get("id")}
+
+    def what(name: str) -> str:
+        return f" (LoRA adapter over {parent[name]})" if parent.get(name) else (" (base model)" if any(parent.values()) else "")
+
+    if requested is not None:
+        if requested not in ids:
+            raise LlmkitError(f"{url} does not serve {requested!r}; it serves: {', '.join(ids)}")
+        return requested, what(requested), None
+    adapters = [i for i in ids if parent.get(i)]
+    if len(adapters) == 1:
+        return adapters[0], what(adapters[0]), None
+    if adapters:
+        return (adapters[0], what(adapters[0]),
+                f"{url} serves {len(adapters)} adapters ({', '.join(adapters)}); chatting with the first, "
+                f"{adapters[0]} (choose with --model)")
+    note = f"{url} serves {len(ids)} models ({', '.join(ids)}); chatting with the first (choose with --model)" if len(ids) > 1 else None
+    return ids[0], what(ids[0]), note
 
 
 def _api_message(exc) -> str:
