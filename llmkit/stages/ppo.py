@@ -431,11 +431,13 @@ class Run:
 
         return self.acc.reduce(torch.tensor(values, dtype=torch.float64, device=self.acc.device), reduction=reduction).tolist()
 
-    def evaluate(self, rows, prompt_ids, n_samples: int = 0):
+    def evaluate(self, rows, prompt_ids, n_samples: int = 0, desc: str | None = None):
         """Mean score of greedy completions over all processes' held-out prompts (and samples)."""
+        from llmkit import progress
+
         total, count, samples = 0.0, 0, []
         chunk = self.p.local_rollout_forward_batch_size
-        for s in range(0, len(rows), chunk):
+        for s in progress.track(range(0, len(rows), chunk), desc, total=len(range(0, len(rows), chunk)), unit="batch"):
             r, ids = rows[s:s + chunk], prompt_ids[s:s + chunk]
             q, qm, resp, rmask, has_stop = self.generate(ids, greedy=True)
             scores, _ = self.score(r, q, qm, resp, rmask, has_stop)
@@ -637,7 +639,8 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
         acc.wait_for_everyone()
     samples_before: list = []
     if held and "eval_reward_before" not in state_extra:
-        state_extra["eval_reward_before"], samples_before = run.evaluate(held_mine, held_ids_mine, a.sample_prompts)
+        state_extra["eval_reward_before"], samples_before = run.evaluate(held_mine, held_ids_mine, a.sample_prompts,
+                                                                        "llmkit ppo: held-out reward (before)")
     if acc.is_main_process:
         print(f"llmkit ppo: {steps} steps x {global_batch} prompts ({world} process{'es' if world > 1 else ''}), mode {mode}, "
               f"rewards {metrics['reward_sources']}" + (f", eval reward before {state_extra['eval_reward_before']:.4f}" if held else ""), flush=True)
@@ -660,7 +663,8 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     samples_after: list = []
     if held:
         metrics["eval_reward_before"] = state_extra["eval_reward_before"]
-        metrics["eval_reward"], samples_after = run.evaluate(held_mine, held_ids_mine, a.sample_prompts)
+        metrics["eval_reward"], samples_after = run.evaluate(held_mine, held_ids_mine, a.sample_prompts,
+                                                             "llmkit ppo: held-out reward (after)")
     if last:
         metrics["final_kl"] = last["objective/kl"]
         metrics["final_reward"] = last["reward/mean"]

@@ -122,6 +122,7 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     )
     metrics: dict = {"parameters": n_params, "train_tokens": len(train_blocks) * a.block_size}
     if eval_dataset is not None:
+        progress.announce("llmkit pretrain: held-out perplexity (before)")
         before = trainer.evaluate()["eval_loss"]
         metrics.update(eval_loss_before=before, eval_ppl_before=math.exp(min(before, 50)))
     result = common.train(trainer, staging)

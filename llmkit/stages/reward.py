@@ -55,7 +55,7 @@ def pair_texts(tokenizer, row: dict) -> tuple[str, str]:
     return out[0], out[1]
 
 
-def score(model, tokenizer, texts: list[str], batch_size: int = 16) -> list[float]:
+def score(model, tokenizer, texts: list[str], batch_size: int = 16, bar=None) -> list[float]:
     import torch
 
     model.eval()
@@ -64,13 +64,19 @@ def score(model, tokenizer, texts: list[str], batch_size: int = 16) -> list[floa
         enc = tokenizer(texts[i : i + batch_size], return_tensors="pt", padding=True, truncation=True, add_special_tokens=False).to(model.device)
         with torch.no_grad():
             scores += model(**enc).logits[:, 0].float().tolist()
+        if bar is not None:
+            bar.update(len(texts[i : i + batch_size]))
     return scores
 
 
-def pairwise(model, tokenizer, rows: list[dict]) -> dict[str, float]:
-    """Accuracy (chosen scored above rejected) and mean margin over held-out pairs."""
+def pairwise(model, tokenizer, rows: list[dict], desc: str | None = None) -> dict[str, float]:
+    """Accuracy (chosen scored above rejected) and mean margin over held-out pairs (``desc``
+    names the progress bar)."""
+    from llmkit import progress
+
     chosen, rejected = zip(*(pair_texts(tokenizer, r) for r in rows))
-    sc, sr = score(model, tokenizer, list(chosen)), score(model, tokenizer, list(rejected))
+    with progress.bar(2 * len(rows), desc, unit="seq") as bar:
+        sc, sr = score(model, tokenizer, list(chosen), bar=bar), score(model, tokenizer, list(rejected), bar=bar)
     diffs = [c - r for c, r in zip(sc, sr)]
     return {"pairwise_accuracy": sum(d > 0 for d in diffs) / len(diffs), "margin": sum(diffs) / len(diffs)}
 
@@ -115,7 +121,7 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     metrics: dict = {"train_pairs": len(train_ds), "mode": "lora" if lora else "full"}
     held = eval_ds.to_list() if eval_ds is not None else []
     if held:
-        before = pairwise(trainer.model, tokenizer, held)
+        before = pairwise(trainer.model, tokenizer, held, "llmkit reward: held-out pairwise accuracy (before)")
         metrics.update({f"{k}_before": v for k, v in before.items()})
     result = common.train(trainer, staging)
     metrics["train_loss"] = result.training_loss
@@ -123,7 +129,7 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     if lora is not None:
         final = trainer.accelerator.unwrap_model(final).merge_and_unload()
     if held:
-        metrics.update(pairwise(final, tokenizer, held))
+        metrics.update(pairwise(final, tokenizer, held, "llmkit reward: held-out pairwise accuracy (after)"))
         metrics["eval_pairs"] = len(held)
     if runs.is_main_process():
         trainer.accelerator.unwrap_model(final).save_pretrained(staging) if lora is None else final.save_pretrained(staging)

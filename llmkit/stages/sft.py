@@ -83,7 +83,7 @@ def answer_shape(text: str) -> str:
     return " ".join(out)
 
 
-def generate_samples(model, tokenizer, rows: list[dict], layout: str, n: int, max_new_tokens: int) -> list[dict]:
+def generate_samples(model, tokenizer, rows: list[dict], layout: str, n: int, max_new_tokens: int, desc: str | None = None) -> list[dict]:
     """Greedy answers to the first ``n`` held-out prompts, with the reference answer."""
     items = []  # (prompt given to the model, prompt shown, reference)
     for r in rows[:n]:
@@ -95,7 +95,7 @@ def generate_samples(model, tokenizer, rows: list[dict], layout: str, n: int, ma
             items.append((r["prompt"], r["prompt"], r["completion"]))
     if not items:
         return []
-    texts = modeling.generate_completions(model, tokenizer, [p for p, _, _ in items], max_new_tokens)
+    texts = modeling.generate_completions(model, tokenizer, [p for p, _, _ in items], max_new_tokens, desc=desc)
     return [{"prompt": shown, "reference": ref, "generated": text, "exact_match": text == ref.strip(),
              "format_match": answer_shape(text) == answer_shape(ref)} for (_, shown, ref), text in zip(items, texts)]
 
