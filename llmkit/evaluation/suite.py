@@ -5,20 +5,29 @@ Two groups (``es`` is both):
 - ``es_beto``: the tasks BETO and MarIA were evaluated on.  XNLI and PAWS-X are the harness's
   own ``*_spanish_bench`` tasks; CoNLL-2002 NER, SQAC, STS-es and MLDoc are llmkit's, defined
   in ``llmkit/evaluation/tasks/`` (YAML + ``utils.py``).
-- ``es_llm``: the harness's Spanish LLM tasks, used exactly as the harness defines them.
+- ``es_llm``: the harness's Spanish LLM tasks, used as the harness defines them.
 
 Every task records the splits it reads (the split it is scored on first, then the split its
 few-shot examples come from when that is another one), the chance level of each metric
 (uniform random guessing: 1/3 for 3-way XNLI, 0 for generative F1/EM, correlations and MCC)
 and the primary metric, whose key in lm-eval's results is ``EvalTask.result_key``.
 
-Data comes from the hub by default.  ``task_spec(name, data_dir)`` instead points a task at
-local JSON-lines copies, ``<data_dir>/<task>/<split>.jsonl`` in the hub's own schema, and
-changes nothing else in the harness's definition.  The environment variable
-``LLMKIT_EVAL_DATA_DIR`` is the default ``data_dir``: set it and every task reads local
-copies.  ``mldoc_es`` has no hub copy (its licence forbids redistribution) and always needs one.
-The hub sources of conll2002_es, sqac_es and sts_es were published with loading scripts, which
-``datasets`` >= 4 no longer runs; where the hub has not converted them, use local copies.
+Where the data comes from is decided here, never in a fork of the harness:
+
+- From the hub (default): ``task_spec(name)`` returns the harness's resolved config with the
+  data source replaced by ``HUB_SOURCES[name]``: a namespaced repo id (lm-eval 0.4.13 names
+  ``xnli`` and ``paws-x``, which huggingface_hub >= 1.31 rejects), a pinned revision, the
+  parquet conversion (``refs/convert/parquet``) or a maintained copy where the original was
+  published with a loading script (datasets >= 4 runs none), and raw files read with a builder
+  where that is all there is (SQAC's nested JSON, flattened by the task's ``process_docs``).
+  The data is loaded by ``load_hub_dataset`` (lm-eval's ``custom_dataset`` hook): the same
+  ``datasets.load_dataset`` call the harness makes, then a check that the splits and columns
+  the task reads are there, and any hub error as one line naming the repo and the fix
+  (``llmkit.hub.explain``).
+- From local copies: ``task_spec(name, data_dir)`` points a task at JSON-lines files,
+  ``<data_dir>/<task>/<split>.jsonl`` in the original dataset's schema, and changes nothing
+  else in the harness's definition.  ``LLMKIT_EVAL_DATA_DIR`` is the default ``data_dir``.
+  ``mldoc_es`` has no hub copy (its licence forbids redistribution) and always needs one.
 """
 
 from __future__ import annotations
@@ -66,16 +75,16 @@ TASKS: dict[str, EvalTask] = {
     t.name: t
     for t in [
         # ---- es_beto
-        EvalTask("xnli_es_spanish_bench", "es_beto", "xnli", "es", ("validation",), "acc", {"acc": 1 / 3},
+        EvalTask("xnli_es_spanish_bench", "es_beto", "facebook/xnli", "es", ("validation",), "acc", {"acc": 1 / 3},
             {"premise": "str", "hypothesis": "str", "label": "int"}),
-        EvalTask("paws_es_spanish_bench", "es_beto", "paws-x", "es", ("test", "train"), "acc", {"acc": 0.5},
+        EvalTask("paws_es_spanish_bench", "es_beto", "google-research-datasets/paws-x", "es", ("test", "train"), "acc", {"acc": 0.5},
             {"sentence1": "str", "sentence2": "str", "label": "int"}),
-        EvalTask("conll2002_es", "es_beto", "conll2002", "es", ("test", "train"), "f1",
+        EvalTask("conll2002_es", "es_beto", "eriktks/conll2002", "es", ("test", "train"), "f1",
             {"f1": 0.0, "precision": 0.0, "recall": 0.0}, {"tokens": "list", "ner_tags": "list"}),
         EvalTask("sqac_es", "es_beto", "PlanTL-GOB-ES/SQAC", None, ("test", "train"), "f1", {"f1": 0.0, "exact_match": 0.0},
-            {"context": "str", "question": "str", "answers": "dict"}),
-        EvalTask("sts_es", "es_beto", "PlanTL-GOB-ES/sts-es", None, ("test", "train"), "pearson",
-            {"pearson": 0.0, "spearman": 0.0}, {"sentence1": "str", "sentence2": "str", "label": "number"}),
+            {"context": "str", "question": "str", "answers": "dict"}),  # local copies flat; the hub's JSON is nested
+        EvalTask("sts_es", "es_beto", "mteb/STSES", None, ("test",), "pearson",
+            {"pearson": 0.0, "spearman": 0.0}, {"sentence1": "str", "sentence2": "str", "score": "number"}),
         EvalTask("mldoc_es", "es_beto", None, None, ("test", "train"), "acc", {"acc": 0.25, "acc_norm": 0.25},
             {"text": "str", "label": "str"}, local_only=True),
         # ---- es_llm
@@ -96,6 +105,105 @@ TASKS: dict[str, EvalTask] = {
         EvalTask("wnli_es", "es_llm", "PlanTL-GOB-ES/wnli-es", None, ("validation", "train"), "acc", {"acc": 0.5},
             {"sentence1": "str", "sentence2": "str", "label": "int"}),
     ]
+}
+
+
+@dataclass(frozen=True)
+class HubSource:
+    """Where a task's data is on the hub, and how ``datasets`` 5 loads it.
+
+    ``load_dataset(path, name, revision=revision, data_files=data_files, field=field)``; for raw
+    files read by a builder (``path`` "json"/"csv") ``data_files`` are ``hf://`` URLs with the
+    revision in them.  ``columns``: the raw columns checked after loading (default: the task's).
+    ``licence``/``checked`` go to
+    docs/evaluation.md: the licence on the card, and how the layout was verified."""
+
+    repo: str  # the hub repo the files are in
+    path: str  # dataset_path for load_dataset: the repo id, or a builder name
+    name: str | None = None
+    revision: str | None = "main"
+    data_files: dict[str, str] | None = None
+    field: str | None = None
+    columns: dict[str, str] | None = None
+    licence: str = "see the card"
+    checked: str = "assumed"
+
+    def load_args(self) -> dict[str, Any]:
+        kw: dict[str, Any] = {"path": self.path, "name": self.name}
+        if self.path == self.repo and self.revision:
+            kw["revision"] = self.revision
+        if self.data_files:
+            kw["data_files"] = dict(self.data_files)
+        if self.field:
+            kw["field"] = self.field
+        return kw
+
+
+def _hf(repo: str, revision: str, path: str) -> str:
+    return f"hf://datasets/{repo}@{revision.replace('/', '%2F')}/{path}"
+
+
+PARQUET = "refs/convert/parquet"  # the hub's parquet conversion of a repo (written by the dataset viewer)
+MTEB_STSES_REV = "fe7158e70012087b5a692ce175226a0d213936ad"  # the revision mteb pins for its STSES task
+_SQAC = "PlanTL-GOB-ES/SQAC"
+_WNLI = "PlanTL-GOB-ES/wnli-es"
+
+HUB_SOURCES: dict[str, HubSource] = {
+    "xnli_es_spanish_bench": HubSource(
+        "facebook/xnli", "facebook/xnli", "es", licence="CC BY-NC 4.0",
+        checked="card (dataset_info: config es, premise/hypothesis string, label ClassLabel "
+                "entailment/neutral/contradiction; 'Add ... data files' commits); file names es/<split>-*.parquet assumed"),
+    "paws_es_spanish_bench": HubSource(
+        "google-research-datasets/paws-x", "google-research-datasets/paws-x", "es",
+        licence="other (free use with attribution, see card)",
+        checked="card (dataset_info: config es, id int32, sentence1/sentence2 string, label ClassLabel 0/1, "
+                "train/test/validation); file names es/<split>-*.parquet assumed"),
+    "conll2002_es": HubSource(
+        "eriktks/conll2002", "eriktks/conll2002", "es", licence="unknown (as the original card)",
+        checked="named in issue 11 as a loadable copy; columns id/tokens/pos_tags/ner_tags (ClassLabel, "
+                "the conll2002 script's features) and es/<split>-*.parquet assumed"),
+    "sqac_es": HubSource(
+        _SQAC, "json", None, data_files={s: _hf(_SQAC, "main", f"{s}.json") for s in ("train", "test")},
+        field="data", columns={"paragraphs": "list"}, licence="CC BY-SA 4.0",
+        checked="issue 11: raw SQuAD-style nested JSON (field data) beside a loading script; file names "
+                "train.json/dev.json/test.json assumed"),
+    "sts_es": HubSource(
+        "mteb/STSES", "mteb/STSES", None, revision=MTEB_STSES_REV,
+        licence="CC BY 4.0",
+        checked="mteb's STSES task (path, revision, test split only, licence cc-by-4.0); columns "
+                "sentence1/sentence2/score are mteb's STS convention, assumed"),
+    "xquad_es": HubSource(
+        "google/xquad", "google/xquad", "xquad.es", licence="CC BY-SA 4.0",
+        checked="lm-eval YAML (google/xquad, xquad.es, validation); parquet layout assumed"),
+    "mgsm_direct_es_spanish_bench": HubSource(
+        "juletxara/mgsm", "juletxara/mgsm", None, revision=PARQUET,
+        data_files={"train": "es/train/*.parquet", "test": "es/test/*.parquet"}, licence="CC BY-SA 4.0",
+        checked="lm-eval YAML (juletxara/mgsm, es); a loading script on main and the viewer's "
+                "es/<split>/0000.parquet conversion assumed, not verified"),
+    "copa_es": HubSource(
+        "BSC-LT/COPA-es", "BSC-LT/COPA-es", None, licence="CC BY 4.0",
+        checked="lm-eval YAML (BSC-LT/COPA-es, validation/test); issue 11: the hub has id (not idx); "
+                "file layout assumed"),
+    "xstorycloze_es": HubSource(
+        "juletxara/xstory_cloze", "juletxara/xstory_cloze", None, revision=PARQUET,
+        data_files={"train": "es/train/*.parquet", "eval": "es/eval/*.parquet"}, licence="CC BY-SA 4.0",
+        checked="lm-eval YAML (juletxara/xstory_cloze, es, train/eval); a loading script on main and the "
+                "viewer's es/<split>/0000.parquet conversion assumed, not verified"),
+    "belebele_spa_Latn": HubSource(
+        "facebook/belebele", "facebook/belebele", "spa_Latn", licence="CC BY-SA 4.0",
+        checked="lm-eval YAML (facebook/belebele, spa_Latn, test); data/spa_Latn.jsonl layout assumed"),
+    "openbookqa_es": HubSource(
+        "BSC-LT/openbookqa-es", "BSC-LT/openbookqa-es", None, licence="CC BY 4.0",
+        checked="lm-eval YAML (BSC-LT/openbookqa-es, validation/test); file layout assumed"),
+    "escola": HubSource(
+        "nbel/EsCoLA", "nbel/EsCoLA", None, licence="CC BY-NC-SA 4.0 (card front matter)",
+        checked="card (licence; tab-separated files, train/dev public, test not); lm-eval YAML (Sentence, Label); "
+                "file names and header assumed"),
+    "wnli_es": HubSource(
+        _WNLI, "csv", None,
+        data_files={"train": _hf(_WNLI, "main", "wnli-train-es.csv"),
+                    "validation": _hf(_WNLI, "main", "wnli-dev-es.csv")}, licence="CC BY 4.0",
+        checked="lm-eval YAML (csv files wnli-train-es.csv, wnli-dev-es.csv); columns sentence1/sentence2/label assumed"),
 }
 
 GROUPS: dict[str, list[str]] = {
@@ -187,20 +295,20 @@ def task_config(name: str, tm=None) -> dict[str, Any]:
     return load_yaml(entry.yaml_path, resolve_func=True)
 
 
-def task_spec(name: str, data_dir: str | Path | None = None, tm=None) -> str | dict[str, Any]:
-    """What to hand to ``TaskManager.load`` for one task.
+def task_spec(name: str, data_dir: str | Path | None = None, tm=None) -> dict[str, Any]:
+    """What to hand to ``TaskManager.load`` for one task: the harness's full resolved config
+    with only the data source replaced.
 
-    Without a data directory (argument or ``LLMKIT_EVAL_DATA_DIR``): the task name, so the
-    harness uses its definition as is.  With one: the full resolved config with only the data
-    source replaced by the local JSON-lines files of the splits the task reads, after checking
-    that they exist and have the columns the task uses.
+    Without a data directory (argument or ``LLMKIT_EVAL_DATA_DIR``): the task's ``HUB_SOURCES``
+    entry, loaded by ``load_hub_dataset``.  With one: the local JSON-lines files of the splits
+    the task reads, after checking that they exist and have the columns the task uses.
     """
     info = get_task(name)
     root = default_data_dir(data_dir)
     if root is None:
         if info.local_only:
             raise LlmkitError(MLDOC_HELP if name == "mldoc_es" else f"{name} needs a local copy (data_dir)")
-        return name
+        return hub_spec(name, tm)
     files = local_files(name, root)
     missing = [str(p) for p in files.values() if not p.is_file()]
     if missing:
@@ -212,11 +320,7 @@ def task_spec(name: str, data_dir: str | Path | None = None, tm=None) -> str | d
         )
     check_local_schema(name, root)
     cfg = task_config(name, tm)
-    if splits_read(cfg) != info.splits:
-        raise LlmkitError(
-            f"{name}: the installed lm-eval reads splits {splits_read(cfg)}, llmkit's suite expects {info.splits}; "
-            "update llmkit/evaluation/suite.py for this lm-eval version"
-        )
+    _check_splits(name, cfg)
     # datasets' json builder infers the schema from the first split listed and casts the others
     # to it, so a column that is null throughout that split (mgsm's `answer` in test) would break
     # the next split: list the splits with the fewest all-null columns first.
@@ -225,6 +329,67 @@ def task_spec(name: str, data_dir: str | Path | None = None, tm=None) -> str | d
     cfg["dataset_name"] = None
     cfg["dataset_kwargs"] = {"data_files": {split: str(files[split]) for split in order}}
     return cfg
+
+
+def _check_splits(name: str, cfg: dict[str, Any]) -> None:
+    if splits_read(cfg) != get_task(name).splits:
+        raise LlmkitError(
+            f"{name}: the installed lm-eval reads splits {splits_read(cfg)}, llmkit's suite expects "
+            f"{get_task(name).splits}; update llmkit/evaluation/suite.py for this lm-eval version"
+        )
+
+
+def hub_spec(name: str, tm=None) -> dict[str, Any]:
+    """The task's config reading ``HUB_SOURCES[name]`` (see the module docstring)."""
+    src = HUB_SOURCES[name]
+    cfg = task_config(name, tm)
+    _check_splits(name, cfg)
+    args = src.load_args()
+    cfg["dataset_path"] = args.pop("path")
+    cfg["dataset_name"] = args.pop("name")
+    cfg["dataset_kwargs"] = args
+    cfg["custom_dataset"] = functools.partial(load_hub_dataset, name, splits_read(cfg))
+    return cfg
+
+
+def load_hub_dataset(name: str, splits: tuple[str, ...] = (), **_metadata):
+    """``datasets.load_dataset`` of a task's hub source (lm-eval's ``custom_dataset`` hook; the
+    harness passes its metadata, unused), then the splits and columns checked.  Any failure is
+    one LlmkitError naming the task, the repo and the fix."""
+    import datasets
+
+    from llmkit import hub
+
+    src = HUB_SOURCES[name]
+    args = src.load_args()
+    try:
+        ds = datasets.load_dataset(args.pop("path"), args.pop("name"), **args)
+    except Exception as exc:
+        raise hub.explain(exc, src.repo, "dataset", src.revision, what=f"{name}: dataset") from None
+    check_hub_schema(name, ds, splits or tuple(ds))
+    return ds
+
+
+def check_hub_schema(name: str, ds, splits: tuple[str, ...]) -> None:
+    """The splits the task reads are in ``ds`` (a DatasetDict) and their first rows have the
+    columns the task uses, with the types it needs."""
+    src = HUB_SOURCES[name]
+    where = f"{name}: {src.repo}" + (f" ({src.name})" if src.name else "") + (
+        f" at revision {src.revision}" if src.revision and src.revision != "main" else "")
+    columns = src.columns or get_task(name).columns
+    for split in splits:
+        if split not in ds:
+            raise LlmkitError(f"{where} has no split {split!r} (it has: {', '.join(ds) or 'none'}); the task reads "
+                              f"{', '.join(splits)}")
+        have = ds[split].column_names
+        missing = [c for c in columns if c not in have]
+        if missing:
+            raise LlmkitError(f"{where}, split {split}: no column(s) {', '.join(missing)} (it has: {', '.join(have)}); "
+                              f"the task reads {', '.join(columns)}")
+        for i, row in enumerate(ds[split].select(range(min(SCHEMA_ROWS, len(ds[split]))))):
+            bad = [f"{c} should be {t} (got {type(row[c]).__name__})" for c, t in columns.items() if not _type_ok(row[c], t)]
+            if bad:
+                raise LlmkitError(f"{where}, split {split}, row {i}: {'; '.join(bad)}")
 
 
 def _read_rows(path: Path, n: int) -> list[tuple[int, Any]]:
@@ -291,7 +456,9 @@ def markdown_table() -> str:
     """The suite as a Markdown table (task, group, source, splits, chance, primary metric)."""
     lines = ["| task | group | source | splits read | chance | primary metric |", "|---|---|---|---|---|---|"]
     for t in TASKS.values():
-        source = "local only" if t.local_only else t.hub + (f" ({t.hub_config})" if t.hub_config else "")
+        src = HUB_SOURCES.get(t.name)
+        source = "local only" if src is None else src.repo + (f" ({src.name})" if src.name else "") + (
+            f" @ {src.revision}" if src.revision and src.revision != "main" else "")
         chance = ", ".join(f"{m} {v:.3g}" for m, v in t.chance.items())
         lines.append(f"| {t.name} | {t.group} | {source} | {', '.join(t.splits)} | {chance} | {t.result_key} |")
     return "\n".join(lines)

@@ -7,8 +7,13 @@ imports from the installed ``llmkit`` package, never relatively.
   (the gold entities in the answer format of ``metrics.format_entities``); the model generates
   one line, ``process_results_conll`` returns (tp, n_pred, n_gold) per sentence and the
   ``micro_*`` aggregations pool them over the corpus.
-- sqac_es: SQuAD-style exact match and F1 with Spanish normalisation, max over gold answers.
-- sts_es: six choices "0".."5" scored by log-likelihood; the predicted similarity is the
+- sqac_es: ``process_docs_sqac`` flattens the hub's SQuAD-style JSON (one row per article,
+  ``paragraphs`` -> ``qas``) to one row per question (``id``, ``title``, ``context``,
+  ``question``, ``answers`` with ``text``/``answer_start`` lists), and leaves flat rows (local
+  copies) as they are; SQuAD-style exact match and F1 with Spanish normalisation, max over gold
+  answers.
+- sts_es: ``process_docs_sts`` sets ``label`` to the gold similarity (mteb/STSES calls it
+  ``score``; PlanTL's original files ``label``); six choices "0".."5" scored by log-likelihood; the predicted similarity is the
   probability-weighted mean of the choices (softmax over the six log-likelihoods), and
   Pearson/Spearman are computed over the whole corpus by ``corpus_pearson``/``corpus_spearman``.
 - mldoc_es: ``process_docs_mldoc`` maps the Reuters codes to a gold index (an unknown code
@@ -73,9 +78,36 @@ def micro_recall(items):
     return metrics.micro_recall(items)
 
 
+def process_docs_sqac(dataset):
+    if "paragraphs" not in dataset.column_names:
+        return dataset
+
+    def _flatten(batch):
+        out = {"id": [], "title": [], "context": [], "question": [], "answers": []}
+        for title, paragraphs in zip(batch.get("title") or [None] * len(batch["paragraphs"]), batch["paragraphs"]):
+            for para in paragraphs or []:
+                for qa in para.get("qas") or []:
+                    answers = qa.get("answers") or []
+                    out["id"].append(str(qa.get("id", "")))
+                    out["title"].append(title or "")
+                    out["context"].append(para["context"])
+                    out["question"].append(qa["question"])
+                    out["answers"].append({"text": [a["text"] for a in answers],
+                                           "answer_start": [int(a.get("answer_start", -1)) for a in answers]})
+        return out
+
+    return dataset.map(_flatten, batched=True, remove_columns=dataset.column_names)
+
+
 def process_results_sqac(doc: dict, results: list[str]) -> dict:
     pred, golds = results[0], doc["answers"]["text"]
     return {"exact_match": metrics.qa_exact_match(pred, golds), "f1": metrics.qa_f1(pred, golds)}
+
+
+def process_docs_sts(dataset):
+    if "score" not in dataset.column_names:
+        return dataset
+    return dataset.map(lambda doc: {"label": float(doc["score"])})
 
 
 def sts_target(doc: dict) -> int:
