@@ -7,20 +7,32 @@ only at the very end writes ``manifest.json`` and renames the staging directory 
 A finished run is replaced only with ``--overwrite``; a directory that is not an llmkit run is
 never written into.  A finalize() killed half way (between its renames) is finished or undone
 by ``recover`` the next time anything opens that output directory.
+
+While a stage writes a run, its main process holds ``<output_dir>.lock`` (a file next to the
+run, never inside it: an exclusive ``flock`` plus who holds it: pid, host, command, start
+time).  A second stage on the same output_dir is refused naming the holder; the lock of a
+process that died without releasing it (SIGKILL, power loss) is free again for flock and is
+taken over.  Only the main process of a distributed launch locks; the other ranks never look.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import dataclasses
 import datetime as _dt
+import errno
 import glob
 import importlib.metadata
 import json
 import os
 import platform
 import re
+import shlex
 import shutil
+import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -76,6 +88,231 @@ def _rank_zero() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+# --------------------------------------------------------------------------- the run lock
+
+LOCK_SUFFIX = ".lock"
+_HELD: dict[str, tuple[int, int]] = {}  # lock file -> (fd, pid) of the locks this process holds
+
+
+def output_of(staging: str | Path) -> Path:
+    """The output_dir whose staging directory is ``staging`` (``<out>.partial`` -> ``<out>``)."""
+    p = Path(staging)
+    return p.with_name(p.name.removesuffix(".partial"))
+
+
+def lock_path(output_dir: str | Path) -> Path:
+    """``<output_dir>.lock``: next to the run (and its ``.partial``), never inside it."""
+    staging = staging_path(output_dir)
+    return staging.with_name(staging.name[: -len(".partial")] + LOCK_SUFFIX)
+
+
+def _lock_key(lock: Path) -> str:
+    return str(lock.parent.resolve() / lock.name)
+
+
+def _command() -> str:
+    argv = list(sys.argv) or ["python"]
+    head = Path(argv[0]).name
+    argv[0] = "python -m llmkit" if head == "__main__.py" else head
+    cmd = " ".join([argv[0], *(shlex.quote(a) for a in argv[1:])])
+    return cmd if len(cmd) <= 300 else cmd[:297] + "..."
+
+
+def pid_alive(pid: Any) -> bool:
+    """Whether ``pid`` is a running process on this host (a zombie, killed but not yet reaped
+    by its parent, counts as dead)."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    except OSError:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _holder(info: dict[str, Any] | None) -> str:
+    if not info:
+        return "another process (it has not written its details yet)"
+    return (f"pid {info.get('pid', '?')} on host {info.get('host', '?')}, started {info.get('started_at', '?')} "
+            f"(command: {info.get('command', '?')})")
+
+
+def _read_fd(fd: int) -> dict[str, Any] | None:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        data = json.loads(os.read(fd, 1 << 16).decode("utf-8") or "null")
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _write_fd(fd: int, info: dict[str, Any]) -> None:
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.write(fd, (json.dumps(info) + "\n").encode("utf-8"))
+
+
+def _refuse(output_dir: str | Path, lock: Path, info: dict[str, Any] | None, hint: str = "") -> LlmkitError:
+    return LlmkitError(
+        f"output_dir {output_dir} is being written by another llmkit process: {_holder(info)}. "
+        f"Wait for it to finish or stop it, or choose another output_dir{hint}"
+    )
+
+
+def _take(lock: Path, output_dir: str | Path, info: dict[str, Any]) -> tuple[int, dict[str, Any] | None]:
+    """Lock ``lock`` for this process: (its fd, what a dead holder had written or None)."""
+    import fcntl
+
+    for _ in range(100):
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise LlmkitError(f"cannot create the run lock {lock}: {exc.strerror}; is its directory writable?") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_fd(fd)
+            for _ in range(20):  # the holder writes its details just after locking
+                if holder:
+                    break
+                time.sleep(0.05)
+                holder = _read_fd(fd)
+            os.close(fd)
+            raise _refuse(output_dir, lock, holder) from None
+        except OSError as exc:  # a filesystem without flock
+            os.close(fd)
+            if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                return _take_exclusive(lock, output_dir, info)
+            raise
+        try:
+            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:  # its holder released (removed) it between our open and our flock: again
+            os.close(fd)
+            continue
+        previous = _read_fd(fd)
+        _write_fd(fd, info)
+        return fd, previous
+    raise LlmkitError(f"could not take the run lock {lock}: it keeps being replaced")  # pragma: no cover
+
+
+def _take_exclusive(lock: Path, output_dir: str | Path, info: dict[str, Any]) -> tuple[int, dict[str, Any] | None]:
+    """Without flock: create the lock file exclusively; one naming a pid that is not alive on
+    this host is stale and taken over.  A holder on another host cannot be checked."""
+    previous = None
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            holder = _read_json(lock)
+            if holder and holder.get("host") == socket.gethostname() and not pid_alive(holder.get("pid")):
+                lock.unlink(missing_ok=True)
+                previous = holder
+                continue
+            raise _refuse(output_dir, lock, holder, f" (if that process is gone, delete {lock})") from None
+        _write_fd(fd, info)
+        return fd, previous
+    raise LlmkitError(f"could not take the run lock {lock}: it keeps being re-created")  # pragma: no cover
+
+
+def acquire_lock(output_dir: str | Path) -> bool:
+    """Hold the lock of ``output_dir`` for this process (the main process only; other ranks do
+    nothing).  Refuses, naming the holder, when another live process holds it; takes over the
+    lock of a process that died holding it.  Returns True when newly taken, False when this
+    process already held it (or is not the main process)."""
+    if not _rank_zero():
+        return False
+    lock = lock_path(output_dir)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    key = _lock_key(lock)
+    if key in _HELD:
+        return False
+    info = {"pid": os.getpid(), "host": socket.gethostname(), "command": _command(), "started_at": now(),
+            "output_dir": str(output_dir)}
+    fd, previous = _take(lock, output_dir, info)
+    _HELD[key] = (fd, os.getpid())
+    if previous and previous.get("pid") != os.getpid():
+        state = "no longer running" if previous.get("host") != socket.gethostname() or not pid_alive(previous.get("pid")) \
+            else "no longer holding it"
+        print(f"llmkit: taking over the lock of {output_dir} left by {_holder(previous)}, {state}", flush=True)
+    return True
+
+
+def release_lock(output_dir: str | Path) -> None:
+    """Give up this process's lock of ``output_dir`` (and remove the lock file); no-op when not held."""
+    lock = lock_path(output_dir)
+    held = _HELD.pop(_lock_key(lock), None)
+    if held is None:
+        return
+    fd, _ = held
+    try:
+        if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+            lock.unlink()
+    except OSError:
+        pass
+    os.close(fd)
+
+
+def release_locks() -> None:
+    """Give up every run lock this process holds (at exit, or after a stage failed)."""
+    for key, (fd, pid) in list(_HELD.items()):
+        if pid != os.getpid():  # inherited by a forked child: the parent's to release
+            continue
+        _HELD.pop(key, None)
+        try:
+            if os.stat(key).st_ino == os.fstat(fd).st_ino:
+                os.unlink(key)
+        except OSError:
+            pass
+        os.close(fd)
+
+
+atexit.register(release_locks)
+
+
+def is_locked_by_other(output_dir: str | Path) -> bool:
+    """Whether another live process holds the lock of ``output_dir`` (without creating anything)."""
+    lock = lock_path(output_dir)
+    if not lock.exists() or _lock_key(lock) in _HELD:
+        return False
+    import fcntl
+
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    except BlockingIOError:
+        return True
+    except OSError:  # no flock here: the pid it names
+        holder = _read_json(lock)
+        return bool(holder) and (holder.get("host") != socket.gethostname() or pid_alive(holder.get("pid")))
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def locked(output_dir: str | Path):
+    """Hold the lock of ``output_dir`` for the body (kept when this process already held it)."""
+    took = acquire_lock(output_dir)
+    try:
+        yield
+    finally:
+        if took:
+            release_lock(output_dir)
+
+
 def _replaced_runs(out: Path) -> list[Path]:
     """The ``<out>.old-<time>`` directories finalize() leaves while it replaces a run, oldest first."""
     if not out.parent.is_dir():
@@ -110,7 +347,14 @@ def recover(output_dir: str | Path) -> None:
     out = Path(output_dir)
     if not _rank_zero() or not out.name or out.name in (".", ".."):
         return
+    if is_locked_by_other(out):  # its writer is alive (maybe inside finalize): not ours to touch
+        return
     staging = staging_path(out)
+    with contextlib.suppress(FileNotFoundError, FileExistsError):  # another process recovered it first
+        _recover(out, staging)
+
+
+def _recover(out: Path, staging: Path) -> None:
     if not out.exists():
         old = [p for p in _replaced_runs(out) if read_manifest(p) is not None]
         if _finalized(staging):
@@ -126,10 +370,23 @@ def recover(output_dir: str | Path) -> None:
 
 
 def check_output_dir(output_dir: str | Path, overwrite: bool) -> None:
-    """Refuse, before any work, to write where a finished run or foreign files live."""
+    """Refuse, before any work, to write where a finished run or foreign files live, or where
+    another llmkit process is writing right now (named: pid, host, command, start time).
+
+    The lock is held (briefly, or kept when this process already holds it) while a finalize()
+    killed half way is recovered; nothing is left behind by a check."""
     out = Path(output_dir)
     staging_path(out)  # refuses "/" before anything else
-    recover(out)
+    if not (_rank_zero() and out.parent.is_dir()):  # no parent yet: nobody can be writing there
+        recover(out)
+        _check_output_dir(out, overwrite)
+        return
+    with locked(out):
+        recover(out)
+        _check_output_dir(out, overwrite)
+
+
+def _check_output_dir(out: Path, overwrite: bool) -> None:
     if out.exists():
         if not out.is_dir():
             raise LlmkitError(f"output_dir {out} exists and is a file; choose another output_dir")
@@ -149,9 +406,20 @@ def check_output_dir(output_dir: str | Path, overwrite: bool) -> None:
 
 
 def open_staging(output_dir: str | Path, cfg: StageConfig, stage: str, overwrite: bool) -> Path:
-    """Create (or reuse, to resume) the staging directory of a run; returns its path."""
-    check_output_dir(output_dir, overwrite)
+    """Take the run's lock (main process; held until finalize(), or released when the stage
+    fails or is interrupted), then create (or reuse, to resume) the staging directory of a
+    run; returns its path."""
     staging = staging_path(output_dir)
+    acquire_lock(output_dir)
+    try:
+        return _open_staging(output_dir, staging, cfg, stage, overwrite)
+    except BaseException:
+        release_lock(output_dir)
+        raise
+
+
+def _open_staging(output_dir: str | Path, staging: Path, cfg: StageConfig, stage: str, overwrite: bool) -> Path:
+    check_output_dir(output_dir, overwrite)
     if is_main_process():
         mark = staging / STAGING_MARK
         if staging.exists():
@@ -240,13 +508,16 @@ def finalize(staging: Path, output_dir: str | Path, manifest: dict[str, Any]) ->
     ``recover`` finishes or undoes on the next start."""
     out = Path(output_dir)
     if is_main_process():
-        _write_json(staging / MANIFEST, manifest)
         old = None
-        if out.exists():  # --overwrite of a finished run: keep it until the new one is in place (see recover)
-            old = out.with_name(f"{out.name}.old-{time.time_ns()}")
-            out.rename(old)
-        staging.rename(out)
-        (out / STAGING_MARK).unlink(missing_ok=True)
+        try:
+            _write_json(staging / MANIFEST, manifest)
+            if out.exists():  # --overwrite of a finished run: keep it until the new one is in place (see recover)
+                old = out.with_name(f"{out.name}.old-{time.time_ns()}")
+                out.rename(old)
+            staging.rename(out)
+            (out / STAGING_MARK).unlink(missing_ok=True)
+        finally:
+            release_lock(out)  # the run is in place (or left for recover): deleting the old one needs no lock
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     wait_for_everyone()

@@ -353,20 +353,24 @@ def train(trainer, staging: Path):
     """Run trainer.train(), resuming from the newest checkpoint of an interrupted run; after a
     SIGTERM/SIGINT the current step ends, a checkpoint is written and StageInterrupted is
     raised, so the run directory stays `.partial` and the same command resumes from it."""
-    discard_incomplete_checkpoints(staging / "checkpoints")
-    resume = last_checkpoint(staging / "checkpoints")
-    if resume and runs.is_main_process():
-        print(f"llmkit: resuming from {resume}", flush=True)
-        drop_metrics_after(staging / "metrics.jsonl", int(Path(resume).name.split("-")[1]))
-    if resume and _training_finished(resume):
-        return _load_finished(trainer, resume)
-    with stop_on_signal() as flag:
-        trainer.add_callback(_stop_on_signal_callback(flag))
-        result = trainer.train(resume_from_checkpoint=resume)
-    if flag["signal"]:
-        ckpt = last_checkpoint(staging / "checkpoints")
-        raise StageInterrupted(f"stopped by {flag['signal']}; checkpoint {ckpt} saved. Run the same command again to resume.")
-    return result
+    try:
+        discard_incomplete_checkpoints(staging / "checkpoints")
+        resume = last_checkpoint(staging / "checkpoints")
+        if resume and runs.is_main_process():
+            print(f"llmkit: resuming from {resume}", flush=True)
+            drop_metrics_after(staging / "metrics.jsonl", int(Path(resume).name.split("-")[1]))
+        if resume and _training_finished(resume):
+            return _load_finished(trainer, resume)
+        with stop_on_signal() as flag:
+            trainer.add_callback(_stop_on_signal_callback(flag))
+            result = trainer.train(resume_from_checkpoint=resume)
+        if flag["signal"]:
+            ckpt = last_checkpoint(staging / "checkpoints")
+            raise StageInterrupted(f"stopped by {flag['signal']}; checkpoint {ckpt} saved. Run the same command again to resume.")
+        return result
+    except BaseException:  # interrupted, refused or crashed: nobody writes the run now (the same command resumes it)
+        runs.release_lock(runs.output_of(staging))
+        raise
 
 
 def _training_finished(checkpoint: str) -> bool:
