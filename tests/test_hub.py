@@ -453,3 +453,15 @@ def test_recipe_datasets_load_from_the_hub(hub, tmp_path):
     for path, n, cols in out:
         assert n == 6, path
         assert cols in (["messages"], ["answer", "prompt"]), (path, cols)
+
+
+def test_docs_list_every_source():
+    """docs/evaluation.md names each task's exact source: repo, config and revision."""
+    from llmkit.evaluation import suite
+
+    text = (REPO / "docs" / "evaluation.md").read_text(encoding="utf-8")
+    for name, src in suite.HUB_SOURCES.items():
+        row = next((ln for ln in text.splitlines() if ln.startswith(f"| {name} | `{src.repo}`")), None)
+        assert row is not None, name
+        assert src.revision in row and (src.name is None or f"`{src.name}`" in row), (name, row)
+        assert all(split in row for split in suite.TASKS[name].splits), (name, row)

@@ -150,59 +150,59 @@ _WNLI = "PlanTL-GOB-ES/wnli-es"
 
 HUB_SOURCES: dict[str, HubSource] = {
     "xnli_es_spanish_bench": HubSource(
-        "facebook/xnli", "facebook/xnli", "es", licence="CC BY-NC 4.0",
+        "facebook/xnli", "facebook/xnli", "es", licence="CC BY-NC 4.0 (XNLI release; not on the card)",
         checked="card (dataset_info: config es, premise/hypothesis string, label ClassLabel "
                 "entailment/neutral/contradiction; 'Add ... data files' commits); file names es/<split>-*.parquet assumed"),
     "paws_es_spanish_bench": HubSource(
         "google-research-datasets/paws-x", "google-research-datasets/paws-x", "es",
-        licence="other (free use with attribution, see card)",
+        licence="other (card)",
         checked="card (dataset_info: config es, id int32, sentence1/sentence2 string, label ClassLabel 0/1, "
                 "train/test/validation); file names es/<split>-*.parquet assumed"),
     "conll2002_es": HubSource(
-        "eriktks/conll2002", "eriktks/conll2002", "es", licence="unknown (as the original card)",
+        "eriktks/conll2002", "eriktks/conll2002", "es", licence="unknown (the conll2002 card)",
         checked="named in issue 11 as a loadable copy; columns id/tokens/pos_tags/ner_tags (ClassLabel, "
                 "the conll2002 script's features) and es/<split>-*.parquet assumed"),
     "sqac_es": HubSource(
         _SQAC, "json", None, data_files={s: _hf(_SQAC, "main", f"{s}.json") for s in ("train", "test")},
-        field="data", columns={"paragraphs": "list"}, licence="CC BY-SA 4.0",
+        field="data", columns={"paragraphs": "list"}, licence="CC BY-SA 4.0 (assumed)",
         checked="issue 11: raw SQuAD-style nested JSON (field data) beside a loading script; file names "
                 "train.json/dev.json/test.json assumed"),
     "sts_es": HubSource(
         "mteb/STSES", "mteb/STSES", None, revision=MTEB_STSES_REV,
-        licence="CC BY 4.0",
+        licence="CC BY 4.0 (mteb's task metadata)",
         checked="mteb's STSES task (path, revision, test split only, licence cc-by-4.0); columns "
                 "sentence1/sentence2/score are mteb's STS convention, assumed"),
     "xquad_es": HubSource(
-        "google/xquad", "google/xquad", "xquad.es", licence="CC BY-SA 4.0",
+        "google/xquad", "google/xquad", "xquad.es", licence="CC BY-SA 4.0 (assumed)",
         checked="lm-eval YAML (google/xquad, xquad.es, validation); parquet layout assumed"),
     "mgsm_direct_es_spanish_bench": HubSource(
         "juletxara/mgsm", "juletxara/mgsm", None, revision=PARQUET,
-        data_files={"train": "es/train/*.parquet", "test": "es/test/*.parquet"}, licence="CC BY-SA 4.0",
+        data_files={"train": "es/train/*.parquet", "test": "es/test/*.parquet"}, licence="CC BY-SA 4.0 (assumed)",
         checked="lm-eval YAML (juletxara/mgsm, es); a loading script on main and the viewer's "
                 "es/<split>/0000.parquet conversion assumed, not verified"),
     "copa_es": HubSource(
-        "BSC-LT/COPA-es", "BSC-LT/COPA-es", None, licence="CC BY 4.0",
+        "BSC-LT/COPA-es", "BSC-LT/COPA-es", None, licence="CC BY 4.0 (assumed)",
         checked="lm-eval YAML (BSC-LT/COPA-es, validation/test); issue 11: the hub has id (not idx); "
                 "file layout assumed"),
     "xstorycloze_es": HubSource(
         "juletxara/xstory_cloze", "juletxara/xstory_cloze", None, revision=PARQUET,
-        data_files={"train": "es/train/*.parquet", "eval": "es/eval/*.parquet"}, licence="CC BY-SA 4.0",
+        data_files={"train": "es/train/*.parquet", "eval": "es/eval/*.parquet"}, licence="CC BY 4.0 (XStoryCloze release, assumed for this copy)",
         checked="lm-eval YAML (juletxara/xstory_cloze, es, train/eval); a loading script on main and the "
                 "viewer's es/<split>/0000.parquet conversion assumed, not verified"),
     "belebele_spa_Latn": HubSource(
-        "facebook/belebele", "facebook/belebele", "spa_Latn", licence="CC BY-SA 4.0",
+        "facebook/belebele", "facebook/belebele", "spa_Latn", licence="CC BY-SA 4.0 (assumed)",
         checked="lm-eval YAML (facebook/belebele, spa_Latn, test); data/spa_Latn.jsonl layout assumed"),
     "openbookqa_es": HubSource(
-        "BSC-LT/openbookqa-es", "BSC-LT/openbookqa-es", None, licence="CC BY 4.0",
+        "BSC-LT/openbookqa-es", "BSC-LT/openbookqa-es", None, licence="CC BY 4.0 (assumed)",
         checked="lm-eval YAML (BSC-LT/openbookqa-es, validation/test); file layout assumed"),
     "escola": HubSource(
-        "nbel/EsCoLA", "nbel/EsCoLA", None, licence="CC BY-NC-SA 4.0 (card front matter)",
+        "nbel/EsCoLA", "nbel/EsCoLA", None, licence="CC BY-NC-SA 4.0 (card front matter; its text says CC BY 4.0)",
         checked="card (licence; tab-separated files, train/dev public, test not); lm-eval YAML (Sentence, Label); "
                 "file names and header assumed"),
     "wnli_es": HubSource(
         _WNLI, "csv", None,
         data_files={"train": _hf(_WNLI, "main", "wnli-train-es.csv"),
-                    "validation": _hf(_WNLI, "main", "wnli-dev-es.csv")}, licence="CC BY 4.0",
+                    "validation": _hf(_WNLI, "main", "wnli-dev-es.csv")}, licence="CC BY 4.0 (assumed)",
         checked="lm-eval YAML (csv files wnli-train-es.csv, wnli-dev-es.csv); columns sentence1/sentence2/label assumed"),
 }
 
