@@ -174,6 +174,13 @@ def add_model_repos(hub: HubStandin) -> None:
     cfg = json.dumps({"model_type": "llama", "hidden_size": 8}).encode()
     hub.add_model("llmkit-test/tiny-open", {"config.json": cfg})
     hub.add_model("llmkit-test/tiny-gated", {"config.json": cfg}, gated=True)
+    # the recipes' base models: Llama 3.2 and Gemma 3 are gated on the hub (licence to accept)
+    for repo_id, gated in RECIPE_MODELS.items():
+        hub.add_model(repo_id, {"config.json": cfg, "README.md": readme(None, {"license": "other"})}, gated=gated)
+
+
+RECIPE_MODELS = {"Qwen/Qwen2.5-0.5B-Instruct": False, "Qwen/Qwen3-0.6B": False, "BSC-LT/salamandra-2b-instruct": False,
+                 "google/gemma-3-1b-it": True, "meta-llama/Llama-3.2-1B-Instruct": True}
 
 
 def hub_env(hub: HubStandin, home: Path, offline: bool = False) -> dict[str, str]:
@@ -465,3 +472,37 @@ def test_docs_list_every_source():
         assert row is not None, name
         assert src.revision in row and (src.name is None or f"`{src.name}`" in row), (name, row)
         assert all(split in row for split in suite.TASKS[name].splits), (name, row)
+
+
+def test_recipe_models_checked_on_the_hub(hub, tmp_path):
+    """Every hub model a recipe names: open ones pass llmkit.hub.check_repo, gated ones fail
+    without a token (naming the fix) and pass with one."""
+    import yaml
+
+    named = set()
+    for cfg_file in sorted((REPO / "recipes").glob("*/*.yaml")):
+        m = (yaml.safe_load(cfg_file.read_text()) or {}).get("model_name_or_path")
+        if isinstance(m, str) and "/" in m and not m.startswith(("runs/", "/", ".")):
+            named.add(m)
+    assert named and named <= set(RECIPE_MODELS), named - set(RECIPE_MODELS)
+    code = f"""
+        import json, os
+        from llmkit import hub
+        from llmkit.config import LlmkitError
+        r = {{}}
+        for repo in {sorted(named)!r}:
+            try:
+                hub.check_repo(repo, "model")
+                r[repo] = "ok"
+            except LlmkitError as e:
+                r[repo] = str(e)
+        print(json.dumps(r))
+    """
+    no_token = run_py(code, hub_env(hub, tmp_path / "hf"))
+    with_token = run_py(code, {**hub_env(hub, tmp_path / "hf"), "HF_TOKEN": "hf_test_token"})
+    for repo in named:
+        assert with_token[repo] == "ok", repo
+        if RECIPE_MODELS[repo]:
+            assert "gated" in no_token[repo] and repo in no_token[repo] and "HF_TOKEN" in no_token[repo], no_token[repo]
+        else:
+            assert no_token[repo] == "ok", no_token[repo]

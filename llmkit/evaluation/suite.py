@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -339,8 +340,22 @@ def _check_splits(name: str, cfg: dict[str, Any]) -> None:
         )
 
 
+class _CustomDatasetNote(logging.Filter):
+    """lm-eval warns, for every task with a ``custom_dataset``, that custom kwargs can be passed
+    through ``--metadata``: true, and irrelevant for llmkit's loader, so that one line is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Custom kwargs can be passed to `--metadata`" not in str(record.msg)
+
+
+_NOTE_FILTER = _CustomDatasetNote()
+
+
 def hub_spec(name: str, tm=None) -> dict[str, Any]:
     """The task's config reading ``HUB_SOURCES[name]`` (see the module docstring)."""
+    logger = logging.getLogger("lm_eval.api.task")
+    if _NOTE_FILTER not in logger.filters:
+        logger.addFilter(_NOTE_FILTER)
     src = HUB_SOURCES[name]
     cfg = task_config(name, tm)
     _check_splits(name, cfg)
