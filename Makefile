@@ -26,6 +26,15 @@ export HF_HOME ?= $(CURDIR)/.cache/huggingface
 export TOKENIZERS_PARALLELISM ?= false
 export MPLCONFIGDIR ?= $(CURDIR)/.cache/matplotlib
 
+# several processes or nodes without ACCELERATE=: the device's default multi-process config
+ifeq ($(ACCELERATE),)
+  ifneq ($(NUM_MACHINES),1)
+    ACCELERATE := $(if $(GPU),multi_node,cpu_multi_node)
+  else ifneq ($(NUM_PROCESSES),1)
+    ACCELERATE := $(if $(GPU),multi_gpu,cpu_ddp)
+  endif
+endif
+
 ifeq ($(ACCELERATE),)
   LAUNCH := $(BIN)/llmkit
 else
@@ -55,7 +64,7 @@ help: ## list the targets
 	@printf "    %-24s %s\n" "FORCE=$(FORCE)" "redo finished stages (demo, rlhf, run, eval): FORCE=1"
 	@printf "    %-24s %s\n" "GPU=$(GPU)" "1: install the GPU extras (default: 1 when nvidia-smi sees a GPU)"
 	@printf "    %-24s %s\n" "ACCELERATE=$(ACCELERATE)" "a file in recipes/accelerate/ without .yaml: launch with accelerate"
-	@printf "    %-24s %s\n" "NUM_PROCESSES=$(NUM_PROCESSES)" "accelerate launch: processes in all (with ACCELERATE)"
+	@printf "    %-24s %s\n" "NUM_PROCESSES=$(NUM_PROCESSES)" "processes in all; > 1 without ACCELERATE uses multi_gpu (GPU) or cpu_ddp (CPU)"
 	@printf "    %-24s %s\n" "NUM_MACHINES=$(NUM_MACHINES)" "nodes; by hand, run the same make on every node:"
 	@printf "    %-24s %s\n" "MAIN_PROCESS_IP=$(MAIN_PROCESS_IP)" "the main node's address"
 	@printf "    %-24s %s\n" "MACHINE_RANK=$(MACHINE_RANK)" "this node's rank (under SLURM: recipes/launch/slurm.sh)"

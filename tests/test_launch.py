@@ -90,3 +90,16 @@ def test_grpo_server_gets_the_merged_policy_of_a_lora_run(tmp_path, lora_runs):
     model = r.stdout.split("--model ")[1].split()[0]
     assert model.startswith(str(tmp_path / "cache" / "merged"))
     assert (Path(model) / "model.safetensors").is_file() and not (Path(model) / "adapter_config.json").exists()
+
+
+@pytest.mark.parametrize(("gpu", "extra", "config"), [("", [], "cpu_ddp"), ("1", [], "multi_gpu"),
+                                                     ("", ["NUM_MACHINES=2"], "cpu_multi_node"), ("1", ["NUM_MACHINES=2"], "multi_node")])
+def test_make_with_several_processes_and_no_accelerate_uses_the_device_default(gpu, extra, config):
+    """`make sft NUM_PROCESSES=2` without ACCELERATE= launches several processes (it used to run one, silently)."""
+    r = subprocess.run(["make", "-n", "sft", "NUM_PROCESSES=2", f"GPU={gpu}", *extra], capture_output=True, text=True, cwd=REPO)
+    line = next(x for x in r.stdout.splitlines() if " sft --config " in x)
+    assert f"accelerate launch --config_file recipes/accelerate/{config}.yaml --num_processes 2" in line
+    assert (REPO / "recipes/accelerate" / f"{config}.yaml").is_file()
+    one = subprocess.run(["make", "-n", "sft", f"GPU={gpu}"], capture_output=True, text=True, cwd=REPO)
+    assert any(x.endswith("llmkit sft --config recipes/tiny-es/sft.yaml ") or x.endswith("llmkit sft --config recipes/tiny-es/sft.yaml")
+               for x in one.stdout.splitlines() if "accelerate" not in x)
