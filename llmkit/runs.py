@@ -708,9 +708,18 @@ def plot_curves(metrics_file: str | Path, png: str | Path, keys: tuple[str, ...]
     return True
 
 
+def _say(line: str) -> None:
+    """Print a line on stdout above any tqdm bar (which is redrawn under it)."""
+    from tqdm import tqdm
+
+    tqdm.write(line, file=sys.stdout)
+    sys.stdout.flush()
+
+
 def make_metrics_callback(metrics_file: str | Path):
-    """A TrainerCallback that appends every log to metrics.jsonl and prints a step line with
-    loss, tokens/s and ETA (main process only)."""
+    """A TrainerCallback that appends every log to metrics.jsonl and prints one line per
+    training log step (step, loss, learning rate, tokens/s, ETA) and one per evaluation
+    (main process only).  common.build_trainer stops transformers printing the raw dict."""
     from transformers import TrainerCallback
 
     class MetricsCallback(TrainerCallback):
@@ -739,11 +748,11 @@ def make_metrics_callback(metrics_file: str | Path):
             if "loss" in logs and state.max_steps:
                 done = max(state.global_step - self.start_step, 1)
                 eta = (t - self.t0) / done * (state.max_steps - state.global_step)
+                lr = f" | lr {logs['learning_rate']:.2e}" if isinstance(logs.get("learning_rate"), (int, float)) else ""
                 tps = f" | {row['tokens_per_s']:.0f} tok/s" if "tokens_per_s" in row else ""
-                print(
-                    f"[step {state.global_step}/{state.max_steps}] loss {logs['loss']:.4f}{tps} | ETA {eta:.0f}s",
-                    flush=True,
-                )
+                _say(f"[step {state.global_step}/{state.max_steps}] loss {logs['loss']:.4f}{lr}{tps} | ETA {eta:.0f}s")
+            elif isinstance(logs.get("eval_loss"), (int, float)) and state.max_steps:
+                _say(f"[step {state.global_step}/{state.max_steps}] eval_loss {logs['eval_loss']:.4f}")
             self.last_t = t
             self.last_tokens = tokens
 

@@ -98,7 +98,169 @@ def check_training_args(args, cfg: StageConfig) -> None:
         raise LlmkitError(f"{src}: fp16 needs a GPU; on CPU train in float32 (default) or set bf16: true")
     if not args.output_dir:
         raise LlmkitError(f"{src}: output_dir is required")
+    check_optional_features(args, cfg)
     runs.confine_write_paths(cfg, args.output_dir)
+
+
+# --------------------------------------------------------------------------- keys that import optional packages
+
+# report_to name -> (modules the integration imports: all needed, each a tuple of alternatives), pip packages
+REPORT_TO_PACKAGES: dict[str, tuple[list[tuple[str, ...]], str]] = {
+    "tensorboard": ([("tensorboard", "tensorboardX")], "tensorboard"),
+    "wandb": ([("wandb",)], "wandb"),
+    "trackio": ([("trackio",)], "trackio"),
+    "mlflow": ([("mlflow",)], "mlflow"),
+    "comet_ml": ([("comet_ml",)], "comet-ml"),
+    "neptune": ([("neptune",)], "neptune"),
+    "clearml": ([("clearml",)], "clearml"),
+    "codecarbon": ([("codecarbon",)], "codecarbon"),
+    "dvclive": ([("dvclive",)], "dvclive"),
+    "swanlab": ([("swanlab",)], "swanlab"),
+    "azure_ml": ([("azureml.core",)], "azureml-core"),
+    "dagshub": ([("dagshub",), ("mlflow",)], "dagshub mlflow"),
+    "flyte": ([("flytekit",), ("flytekitplugins.deck",)], "flytekit flytekitplugins-deck-standard"),
+    "kubeflow": ([], ""),
+}
+# optimizer (transformers' OptimizerNames) -> (module, pip package) it needs
+_BNB_OPTIMIZERS = ("adamw_bnb_8bit", "adamw_8bit", "ademamix", "ademamix_8bit", "lion_8bit", "lion_32bit", "paged_adamw_32bit",
+                   "paged_adamw_8bit", "paged_ademamix_32bit", "paged_ademamix_8bit", "paged_lion_32bit", "paged_lion_8bit",
+                   "rmsprop_bnb", "rmsprop_bnb_8bit", "rmsprop_bnb_32bit")
+OPTIM_PACKAGES: dict[str, tuple[str, str]] = {
+    **{o: ("bitsandbytes", "bitsandbytes") for o in _BNB_OPTIMIZERS},
+    **{o: ("galore_torch", "galore-torch") for o in ("galore_adamw", "galore_adamw_8bit", "galore_adafactor", "galore_adamw_layerwise",
+                                                     "galore_adamw_8bit_layerwise", "galore_adafactor_layerwise")},
+    **{o: ("apollo_torch", "apollo-torch") for o in ("apollo_adamw", "apollo_adamw_layerwise")},
+    **{o: ("torchao", "torchao") for o in ("adamw_torch_4bit", "adamw_torch_8bit")},
+    **{o: ("schedulefree", "schedulefree") for o in ("schedule_free_radam", "schedule_free_adamw", "schedule_free_sgd")},
+    "lomo": ("lomo_optim", "lomo-optim"),
+    "adalomo": ("lomo_optim", "lomo-optim"),
+    "grokadamw": ("grokadamw", "grokadamw"),
+    "stable_adamw": ("optimi", "torch-optimi"),
+    "adamw_anyprecision": ("torchdistx", "torchdistx"),
+    "adamw_torch_xla": ("torch_xla", "torch_xla"),
+    "adamw_torch_npu_fused": ("torch_npu", "torch_npu"),
+}
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3", "flash_attention_4", "paged|eager")
+# flash attention version -> module of the original package (transformers falls back to the hub's
+# kernels-community build when the `kernels` package is installed)
+_FLASH_MODULES = {"flash_attention_2": ("flash_attn", "flash-attn"), "flash_attention_3": ("flash_attn_interface", "flash-attn-3"),
+                  "flash_attention_4": ("flash_attn.cute", "flash-attn-cute")}
+
+
+def installed(module: str) -> bool:
+    """Whether ``module`` can be imported (without importing it)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a dotted name whose parent is missing
+        return False
+
+
+def _report_to_names() -> list[str]:
+    try:
+        from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+        return sorted(INTEGRATION_TO_CALLBACK)
+    except Exception:  # noqa: BLE001 - fall back to the names llmkit knows
+        return sorted(REPORT_TO_PACKAGES)
+
+
+def _attn_implementations() -> list[str]:
+    names = set(ATTN_IMPLEMENTATIONS)
+    try:
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        names |= set(ALL_ATTENTION_FUNCTIONS.valid_keys())
+    except Exception:  # noqa: BLE001
+        pass
+    return sorted(names)
+
+
+def _value(v: Any) -> Any:
+    return getattr(v, "value", v)
+
+
+def check_optional_features(args, cfg: StageConfig) -> None:
+    """Every key that makes a library import an optional package, or that cannot work on this
+    machine, is checked here, before anything is written: report_to, attn_implementation,
+    optim, use_liger_kernel, torch_compile.  The libraries find out only when the trainer is
+    built or the first step runs, with a traceback, after the run directory was opened."""
+    import difflib
+
+    src = cfg.source
+    report_to = getattr(args, "report_to", None) or []
+    for name in [report_to] if isinstance(report_to, str) else report_to:
+        if name in ("none", "all"):
+            continue
+        valid = _report_to_names()
+        if name not in valid:
+            close = difflib.get_close_matches(str(name), valid, n=2, cutoff=0.6)
+            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            raise LlmkitError(f"{src}: unknown report_to {name!r}.{hint} (valid: none, all, {', '.join(valid)})")
+        modules, pip = REPORT_TO_PACKAGES.get(name, ([], ""))
+        missing = [alts for alts in modules if not any(installed(m) for m in alts)]
+        if missing:
+            raise LlmkitError(f"{src}: report_to {name} needs the {' and '.join(a[0] for a in missing)} package, which is not "
+                              f"installed: pip install {pip} (or remove {name} from report_to)")
+
+    optim = _value(getattr(args, "optim", None))
+    if isinstance(optim, str) and optim in OPTIM_PACKAGES:
+        module, pip = OPTIM_PACKAGES[optim]
+        if not installed(module):
+            raise LlmkitError(f"{src}: optim {optim} needs the {module} package, which is not installed: pip install {pip} "
+                              "(or use optim: adamw_torch)")
+        if module in ("galore_torch", "apollo_torch") and not getattr(args, "optim_target_modules", None):
+            raise LlmkitError(f"{src}: optim {optim} needs optim_target_modules (e.g. [attn, mlp]): the layers it trains")
+
+    if getattr(args, "use_liger_kernel", False):
+        if not installed("liger_kernel"):
+            raise LlmkitError(f"{src}: use_liger_kernel: true needs the liger-kernel package, which is not installed: "
+                              "pip install liger-kernel (or remove use_liger_kernel)")
+        if not has_cuda():
+            raise LlmkitError(f"{src}: use_liger_kernel: true needs a CUDA GPU (Liger's kernels are Triton GPU kernels); "
+                              "remove it on this machine")
+
+    if getattr(args, "torch_compile", False):
+        backend = getattr(args, "torch_compile_backend", None) or "inductor"
+        if backend == "inductor":
+            if has_cuda() and not installed("triton"):
+                raise LlmkitError(f"{src}: torch_compile on a GPU needs triton, which is not installed: pip install triton "
+                                  "(or set torch_compile_backend: aot_eager, or remove torch_compile)")
+            if not has_cuda() and not any(shutil.which(c) for c in (os.environ.get("CXX") or "g++", "c++", "clang++")):
+                raise LlmkitError(f"{src}: torch_compile on a CPU needs a C++ compiler (g++ or clang++) for its inductor "
+                                  "backend, and none is on PATH: install one, or set torch_compile_backend: aot_eager, "
+                                  "or remove torch_compile")
+
+    for a in cfg.args:
+        attn = getattr(a, "attn_implementation", None)
+        if attn:
+            _check_attn_implementation(str(attn), src)
+            break
+
+
+def _check_attn_implementation(attn: str, src: str) -> None:
+    import difflib
+
+    name = attn.removeprefix("paged|") if attn != "paged|eager" else attn
+    if "/" in name:  # a kernel from the hub (kernels-community/flash-attn...)
+        if not installed("kernels"):
+            raise LlmkitError(f"{src}: attn_implementation {attn!r} is a hub kernel, which needs the kernels package: "
+                              "pip install kernels (or use sdpa)")
+        return
+    valid = _attn_implementations()
+    if name not in valid:
+        close = difflib.get_close_matches(name, valid, n=2, cutoff=0.6)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise LlmkitError(f"{src}: unknown attn_implementation {attn!r}.{hint} (valid: {', '.join(valid)}, or a hub kernel "
+                          "such as kernels-community/flash-attn2)")
+    if name in _FLASH_MODULES:
+        module, pip = _FLASH_MODULES[name]
+        if not has_cuda():
+            raise LlmkitError(f"{src}: attn_implementation {name} needs a CUDA GPU; on this machine use sdpa (the default) or eager")
+        if not installed(module.split(".")[0] if module == "flash_attn.cute" else module) and not installed("kernels"):
+            raise LlmkitError(f"{src}: attn_implementation {name} needs the {module} package, which is not installed: "
+                              f"pip install {pip} (or pip install kernels for the hub's build, or use sdpa)")
 
 
 def check_trainer_stage(cfg: StageConfig, margs, targs, what: str = "model (model_name_or_path)"):
@@ -289,12 +451,37 @@ def build_trainer(staging: Path, cfg: StageConfig, cls, *args, **kwargs):
     becomes one LlmkitError naming the config file; a staging directory with no checkpoint yet
     is removed, so nothing half-written is left behind."""
     try:
-        return cls(*args, **kwargs)
+        trainer = cls(*args, **kwargs)
     except ValueError as exc:
         if runs.is_main_process() and not any((staging / "checkpoints").glob("checkpoint-*")):
             shutil.rmtree(staging, ignore_errors=True)
+        runs.release_lock(runs.output_of(staging))
         msg = " ".join(str(exc).split())
         raise LlmkitError(f"{cfg.source}: {cls.__name__} refused the configuration: {msg[:500]}") from None
+    except BaseException:
+        runs.release_lock(runs.output_of(staging))
+        raise
+    quiet_progress(trainer)
+    return trainer
+
+
+def quiet_progress(trainer) -> None:
+    """One line per log step: llmkit's own (runs.make_metrics_callback).  transformers' progress
+    bar (with its ETA) stays, but it no longer prints the raw logs dict under itself; the
+    PrinterCallback that prints it instead of the bar (disable_tqdm) is removed."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    class QuietProgressCallback(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            return None
+
+    handler = trainer.callback_handler
+    for cb in list(handler.callbacks):
+        if type(cb) is ProgressCallback:
+            handler.remove_callback(cb)
+            handler.add_callback(QuietProgressCallback())
+        elif type(cb) is PrinterCallback:
+            handler.remove_callback(cb)
 
 
 class StageInterrupted(LlmkitError):
