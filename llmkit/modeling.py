@@ -32,22 +32,37 @@ ARCHITECTURES = ("llama", "qwen2", "qwen3", "mistral", "gemma", "gpt2")
 
 
 def resolve_chat_template(value: str, source: str) -> str:
-    """``chatml`` (llmkit's built-in template with generation markers), a ``.jinja`` file, or
-    an inline Jinja template."""
+    """``chatml`` (llmkit's built-in template with generation markers), ``trl:NAME`` (a template
+    of TRL's ``trl/chat_templates/NAME.jinja``, e.g. ``trl:qwen2_5_training``), a ``.jinja`` file
+    (relative to the working directory, else to the recipe file's directory), or inline Jinja."""
     if value == "chatml":
         return CHAT_TEMPLATE
+    if value.startswith("trl:"):
+        import trl
+
+        folder = Path(trl.__file__).parent / "chat_templates"
+        p = folder / f"{value[4:]}.jinja"
+        if not p.is_file():
+            known = ", ".join(sorted(f.stem for f in folder.glob("*.jinja")))
+            raise LlmkitError(f"{source}: chat_template {value!r}: TRL {trl.__version__} has no template {p.name} (it has: {known})")
+        return p.read_text(encoding="utf-8")
     if value.endswith(".jinja"):
         p = Path(value)
+        if not p.is_file() and not p.is_absolute() and Path(source).is_file():
+            p = Path(source).parent / value
         if not p.is_file():
-            raise LlmkitError(f"{source}: chat_template file not found: {p}")
+            raise LlmkitError(f"{source}: chat_template file not found: {value}")
         return p.read_text(encoding="utf-8")
     if "{" not in value:
-        raise LlmkitError(f"{source}: chat_template {value!r} is neither 'chatml', a .jinja file nor a Jinja template")
+        raise LlmkitError(f"{source}: chat_template {value!r} is neither 'chatml', 'trl:NAME', a .jinja file nor a Jinja template")
     return value
 
 
 def has_generation_markers(template: str | None) -> bool:
-    return bool(template) and "{% generation %}" in template.replace("{%- generation %}", "{% generation %}")
+    """``{% generation %}`` in any whitespace-trim form (``{%- generation -%}`` ...), as TRL checks."""
+    import re
+
+    return bool(template) and re.search(r"\{%-?\s*generation\s*-?%\}", template) is not None
 
 
 def load_tokenizer(path: str, what: str = "tokenizer", trust_remote_code: bool = False):

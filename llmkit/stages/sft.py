@@ -59,11 +59,20 @@ def validate_template(tokenizer, sargs: SFTConfig, layout: str, cfg: StageConfig
                 f"{cfg.source}: assistant_only_loss needs conversational 'messages' data; for prompt/completion data use completion_only_loss"
             )
         if not has_generation_markers(tokenizer.chat_template):
-            raise LlmkitError(
-                f"{cfg.source}: assistant_only_loss is on but the chat template has no {{% generation %}} markers. "
-                "Use a template that wraps assistant turns in {% generation %}...{% endgeneration %} "
-                "(the llmkit tokenizer stage writes one; set chat_template) or turn assistant_only_loss off."
-            )
+            # TRL swaps in its training variant (with the markers) of a model's own template it
+            # knows (Qwen2.5, Qwen3, Gemma 3, Llama 3, Phi-3...: trl/chat_templates/*_training.jinja)
+            # for tokenizing only; the tokenizer saved with the run keeps the model's template
+            from trl.chat_template_utils import get_training_chat_template
+
+            try:
+                get_training_chat_template(tokenizer)
+            except Exception:  # ValueError: not a template TRL knows; TemplateError: one it cannot render
+                raise LlmkitError(
+                    f"{cfg.source}: assistant_only_loss is on but the chat template has no {{% generation %}} markers "
+                    "and TRL has no training variant of it. "
+                    "Use a template that wraps assistant turns in {% generation %}...{% endgeneration %} "
+                    "(set chat_template: a .jinja file, trl:NAME or chatml) or turn assistant_only_loss off."
+                ) from None
 
 
 _QUOTED = re.compile(r"«[^»]*»")
