@@ -142,10 +142,9 @@ def train(stage: str, config: str | Path | None = None, overwrite: bool = False,
 
     ``overrides`` are the stage's keys (``learning_rate=1e-4``, ``output_dir="runs/x"``,
     ``datasets=["data/sft_train.jsonl"]``); ``overwrite=True`` replaces a finished run."""
-    from llmkit.stages import load_config
+    from llmkit.stages import run_stage
 
-    mod, cfg = load_config(stage, str(config) if config else None, overrides or None)
-    return Run(mod.main(cfg, overwrite=overwrite))
+    return Run(run_stage(stage, str(config) if config else None, overrides or None, overwrite=overwrite))
 
 
 def run_recipe(recipe: str | Path, force: bool = False, target: str | None = None, from_stage: str | None = None) -> dict[str, Run]:

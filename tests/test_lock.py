@@ -237,3 +237,24 @@ def test_lock_is_reentrant_and_released_once(tmp_path):
     runs.release_lock(out)
     assert not runs.lock_path(out).exists() and runs._lock_key(runs.lock_path(out)) not in runs._HELD
     runs.release_lock(out)  # a no-op
+
+
+def test_an_evaluation_into_a_directory_another_process_writes_is_refused(tmp_path, base_model, capsys):
+    """`llmkit eval` holds its results directory's lock while it scores; a second one is refused."""
+    out = tmp_path / "ev"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from llmkit import runs
+        with runs.locked({str(out)!r}):
+            print("held", flush=True)
+            time.sleep(60)
+        """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        rc = llmkit("eval", base_model, "--tasks", "copa_es", "--engine", "transformers", "--output_dir", out)
+        err = capsys.readouterr().err
+        assert rc == 2 and len(error_lines(err)) == 1 and f"pid {holder.pid}" in err
+        assert not out.exists()
+    finally:
+        holder.kill()
+        holder.wait()

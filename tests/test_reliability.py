@@ -354,7 +354,7 @@ def test_llmkit_run_skips_a_stage_killed_between_the_renames(tmp_path, corpus, c
     capsys.readouterr()
     assert llmkit("run", recipe) == 0
     assert "finished run found" in capsys.readouterr().out
-    assert runs.read_manifest(out) == done and sorted(p.name for p in out.parent.iterdir()) == ["tok"]
+    assert runs.read_manifest(out) == done and sorted(p.name for p in out.parent.iterdir()) == ["report.html", "report.md", "tok"]
 
 
 # --------------------------------------------------------------------------- 4. paths that write stay inside the run

@@ -353,6 +353,15 @@ def evaluate(args: EvalArgs) -> Path:
 
 
 def _run_and_write(args, out, names, specs, tm, engine, model_type, margs, target, report) -> Path:
+    """Score and write the results directory while holding its lock (a second evaluation into
+    the same directory is refused, naming this one)."""
+    from llmkit import runs
+
+    with runs.locked(out):
+        return _score_and_write(args, out, names, specs, tm, engine, model_type, margs, target, report)
+
+
+def _score_and_write(args, out, names, specs, tm, engine, model_type, margs, target, report) -> Path:
     import lm_eval
 
     from llmkit import runs

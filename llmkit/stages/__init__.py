@@ -141,5 +141,10 @@ def load_config(stage: str, config_path: str | None, overrides):
 
 
 def run_stage(stage: str, config_path: str | None, overrides=None, overwrite: bool = False) -> Path:
+    from llmkit import runs
+
     mod, cfg = load_config(stage, config_path, overrides)
-    return mod.main(cfg, overwrite=overwrite)
+    try:
+        return mod.main(cfg, overwrite=overwrite)
+    finally:
+        runs.release_locks()  # an in-process caller (API, notebook) never keeps a run locked after an error
