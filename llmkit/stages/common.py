@@ -494,15 +494,34 @@ def _stop_on_signal_callback(flag: dict):
     from transformers import TrainerCallback
 
     class StopOnSignal(TrainerCallback):
-        """At the end of the step in which a signal arrived: save a checkpoint and stop."""
+        """At the end of the step in which a signal arrived on any process (a SIGTERM to one node
+        of a multi-node run): every process saves the checkpoint together and stops."""
 
         def on_step_end(self, args, state, control, **kwargs):
-            if flag["signal"]:
+            if signal_on_any_process(flag):
                 control.should_save = True
                 control.should_training_stop = True
             return control
 
     return StopOnSignal()
+
+
+def signal_on_any_process(flag: dict) -> bool:
+    """True when any process of the run got SIGTERM/SIGINT (one all-reduce of a flag per step
+    when several processes train; a scheduler may signal one node only). A process that learns
+    it from another records the signal name so that it stops the same way."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return bool(flag["signal"])
+    import torch
+
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.tensor([1.0 if flag["signal"] else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    if t.item() > 0 and not flag["signal"]:
+        flag["signal"] = "SIGTERM (to another process of this run)"
+    return t.item() > 0
 
 
 @contextlib.contextmanager
