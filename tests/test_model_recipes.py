@@ -162,6 +162,9 @@ def test_recipe_trains_and_masks_like_the_model(tmp_path, tiny, data, recipe):
         # on a GPU padding-free batches rely on FlashAttention to keep the packed sequences apart
         assert AutoModelForCausalLM._model_mapping[type(AutoConfig.for_model(m.arch))]._supports_flash_attn
     assert ("chat_template" not in sft_cfg) is m.trl_swaps
+    qlora_cfg = read_yaml(REPO / "recipes" / recipe / "sft_qlora.yaml")
+    for key in ("chat_template", "assistant_only_loss", "eos_token", "pad_token", "packing", "padding_free", "max_length"):
+        assert qlora_cfg.get(key) == sft_cfg.get(key), key  # the 4-bit variant trains on the same text
 
     # ---- LoRA SFT, one step
     sft = tmp_path / "sft"
