@@ -10,6 +10,9 @@
 # ACCELERATE is a config in recipes/accelerate/ (default multi_node). DRY_RUN=1 prints the
 # per-node commands instead of running them (used by the tests). tests/test_multinode.py runs it
 # for real on one CPU machine with a stand-in scontrol/srun (GPUS_PER_NODE=1, cpu_multi_node).
+# The run's output_dir must be on a filesystem every node sees (as transformers' Trainer assumes):
+# only rank 0 writes the run directory, but each rank saves its own RNG state into every
+# checkpoint (rng_state_<rank>.pth) and every rank reads the checkpoint when the run resumes.
 #SBATCH --job-name=llmkit
 #SBATCH --ntasks-per-node=1
 #SBATCH --exclusive
