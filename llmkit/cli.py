@@ -20,24 +20,20 @@ llmkit's own lines are always shown.
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 import sys
-from pathlib import Path
 
-from llmkit.config import LlmkitError, format_help, load_stage_config
-
-STAGES = {
-    "tokenizer": "llmkit.stages.tokenizer",
-    "pretrain": "llmkit.stages.pretrain",
-    "sft": "llmkit.stages.sft",
-    "reward": "llmkit.stages.reward",
-    "dpo": "llmkit.stages.dpo",
-    "ppo": "llmkit.stages.ppo",
-    "grpo": "llmkit.stages.grpo",
-}
-
+from llmkit.config import LlmkitError, format_help
+from llmkit.stages import (  # noqa: F401 - the registry; cached_stage_keys, precheck_stage_config are used by tests
+    STAGES,
+    cached_stage_keys,
+    load_config,
+    precheck_stage_config,
+    run_stage,
+    save_stage_keys,
+    stage_module,
+)
 
 # Loggers of the libraries llmkit drives; llmkit itself prints its own lines.
 LIBRARY_LOGGERS = ("transformers", "datasets", "vllm", "lm_eval", "lm-eval", "httpx", "httpcore", "openai", "urllib3",
@@ -85,106 +81,11 @@ def configure_library_logs(verbose: bool = False) -> str:
     return level
 
 
-def stage_module(name: str):
-    if name not in STAGES:
-        raise LlmkitError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
-    return importlib.import_module(STAGES[name])
-
-
-# ---- checks before the heavy imports
-#
-# A stage module imports TRL (its config classes are TRL's), which imports torch, transformers
-# and peft: 6-30 s on a busy machine.  The mistakes a user makes most (missing config file, YAML
-# syntax, a malformed override, a misspelled key) are found before that import: the first three
-# need nothing from the libraries; unknown keys are checked against the stage's key list, which
-# every stage command writes to .cache/llmkit/keys/ from the live classes, under a name that
-# changes with the installed trl/transformers/peft versions and llmkit's own sources (so a new
-# version is never checked against an old list; tests/test_progress_logs.py compares the list
-# with the classes).  Everything else (types, values) is checked by load_stage_config as before.
-
-_KEY_LIBS = ("trl", "transformers", "peft", "accelerate")
-
-
-def _key_list_file(stage: str) -> Path:
-    import hashlib
-    import platform
-    from importlib import metadata
-
-    h = hashlib.sha256(f"{stage} {platform.python_version()}".encode())
-    for lib in _KEY_LIBS:
-        try:
-            h.update(f" {lib}={metadata.version(lib)}".encode())
-        except metadata.PackageNotFoundError:
-            h.update(f" {lib}=none".encode())
-    here = Path(__file__).resolve().parent
-    for src in (here / "config.py", here / "stages" / f"{stage}.py"):
-        h.update(src.read_bytes() if src.is_file() else b"")
-    root = Path(os.environ.get("LLMKIT_CACHE_DIR", Path.cwd() / ".cache" / "llmkit"))
-    return root / "keys" / f"{stage}-{h.hexdigest()[:16]}.json"
-
-
-def save_stage_keys(stage: str, mod) -> None:
-    """Write the stage's valid keys (from its live classes) for the next pre-import check."""
-    import json
-    import tempfile
-
-    from llmkit.config import stage_fields
-
-    try:
-        f = _key_list_file(stage)
-        if f.is_file():
-            return
-        f.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=f.parent, suffix=".tmp", delete=False) as fh:
-            json.dump(sorted(stage_fields(mod.CLASSES)), fh)
-        os.replace(fh.name, f)
-    except OSError:  # a read-only checkout only loses the fast path
-        pass
-
-
-def cached_stage_keys(stage: str) -> list[str] | None:
-    import json
-
-    try:
-        keys = json.loads(_key_list_file(stage).read_text())
-    except (OSError, ValueError):
-        return None
-    return keys if isinstance(keys, list) and all(isinstance(k, str) for k in keys) else None
-
-
-def precheck_stage_config(stage: str, config_path: str | None, overrides) -> None:
-    """Find the obvious mistakes without importing torch/trl: unknown stage, missing config file,
-    YAML syntax, malformed overrides, and (with the stage's key list cached) unknown keys, in
-    the order and with the message load_stage_config gives."""
-    from llmkit.config import parse_overrides, read_yaml, unknown_key_message
-
-    if stage not in STAGES:
-        raise LlmkitError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
-    layers = []
-    if config_path:
-        layers.append((read_yaml(config_path), str(config_path)))
-    if overrides:
-        layers.append((overrides if isinstance(overrides, dict) else parse_overrides(overrides), "command line"))
-    valid = cached_stage_keys(stage) if layers else None
-    if valid is None:
-        return
-    known = set(valid)
-    for data, src in layers:
-        for key in data:
-            if not isinstance(key, str) or key not in known:
-                raise LlmkitError(unknown_key_message(str(key), valid, src))
-
-
 def load_config_for(stage: str, config_path: str | None, overrides):
-    precheck_stage_config(stage, config_path, overrides)
-    mod = stage_module(stage)
-    save_stage_keys(stage, mod)
-    return mod, load_stage_config(mod.CLASSES, config_path, overrides, getattr(mod, "defaults", None))
-
-
-def run_stage(stage: str, config_path: str | None, overrides=None, overwrite: bool = False) -> Path:
-    mod, cfg = load_config_for(stage, config_path, overrides)
-    return mod.main(cfg, overwrite=overwrite)
+    """(stage module, StageConfig): the registry's load_config, which reports the obvious
+    mistakes (missing file, YAML syntax, malformed overrides, unknown keys from the cached key
+    list) before the stage module imports torch/TRL; tests/test_early_errors.py."""
+    return load_config(stage, config_path, overrides)
 
 
 def _stage_command(stage: str, argv: list[str]) -> int:
