@@ -183,6 +183,20 @@ def default_attention() -> str:
     return "flash_attention_2" if importlib.util.find_spec("flash_attn") is not None else "sdpa"
 
 
+def default_weight_dtype(model_args):
+    """The dtype weights are loaded in when the config names none: float32 on a CPU; bfloat16 on
+    a GPU that has it (Ampere and newer); on one without (T4, V100) float16 for a frozen base
+    under LoRA/QLoRA (the adapter stays float32, fp16 autocast) and float32 for full training
+    (fp16 mixed precision keeps float32 master weights)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return torch.float32
+    if torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16 if (model_args.use_peft or model_args.load_in_4bit or model_args.load_in_8bit) else torch.float32
+
+
 def model_init_kwargs(model_args, trust_remote_code: bool = False) -> dict[str, Any]:
     """from_pretrained kwargs from TRL's ModelConfig: dtype, attention, 4/8-bit quantization."""
     import torch
@@ -198,6 +212,8 @@ def model_init_kwargs(model_args, trust_remote_code: bool = False) -> dict[str, 
         kwargs["dtype"] = getattr(torch, dtype)
     elif dtype == "auto":
         kwargs["dtype"] = "auto"
+    else:  # recipes set no precision: the device decides (a hub checkpoint's own bf16 is not kept on a CPU or a T4)
+        kwargs["dtype"] = default_weight_dtype(model_args)
     if model_args.load_in_4bit or model_args.load_in_8bit:
         try:
             import bitsandbytes  # noqa: F401

@@ -226,9 +226,6 @@ def test_dpo_two_nodes_follow_one_machine(tmp_path, base_model, prefs):
 
 # --------------------------------------------------------------------------- SIGTERM to one node
 
-@pytest.mark.xfail(strict=True, reason="llmkit/stages/common.py: the SIGTERM stop flag is per process; the signalled "
-                   "node stops alone, the other blocks in the next all-reduce and dies with 'Connection closed by peer' "
-                   "(and node 1 alone writes an incomplete checkpoint). Fix: all-reduce the flag in StopOnSignal.on_step_end")
 @pytest.mark.parametrize("node", [0, 1])
 def test_sigterm_to_either_node_stops_both_with_a_checkpoint_and_resumes(tmp_path, sft_recipe, sft_reference, node):
     args = ["--config", sft_recipe / "mn/sft.yaml", "--output_dir", tmp_path / "cut"]

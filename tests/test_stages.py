@@ -327,3 +327,60 @@ def test_default_attention_on_gpu(monkeypatch):
     assert modeling.default_attention() == "flash_attention_2"
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "flash_attn" else real_find_spec(n, *a))
     assert modeling.default_attention() == "sdpa"
+
+
+def test_explicit_bf16_on_a_gpu_without_it_is_one_clear_error(monkeypatch, tmp_path):
+    """A recipe's `bf16: true` on a T4/V100 (faked) is refused before anything is written."""
+    import torch
+
+    from llmkit.config import LlmkitError, StageConfig
+    from llmkit.stages import common
+
+    monkeypatch.setattr(common, "has_cuda", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (7, 5))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla T4")
+
+    class Args:  # the TrainingArguments values check_training_args reads
+        learning_rate, per_device_train_batch_size, gradient_accumulation_steps = 1e-4, 1, 1
+        num_train_epochs, max_steps, fp16, bf16, output_dir = 1, -1, False, True, str(tmp_path / "o")
+
+    with pytest.raises(LlmkitError, match=r"Tesla T4, compute capability 7\.5\) has no bfloat16: remove bf16"):
+        common.check_training_args(Args(), StageConfig(args=[], explicit={}, source="recipe.yaml"))
+    assert not (tmp_path / "o").exists()
+
+
+def test_manifest_records_precision_and_process_layout(tmp_path, base_model, sft_data, capsys):
+    out = tmp_path / "sft"
+    assert llmkit("sft", "--output_dir", out, "--model_name_or_path", base_model, "--datasets", f"[{sft_data[0]}]",
+                  "--eval_split_size", "0", "--max_steps", "1", "--sample_prompts", "0", "--max_length", "64",
+                  "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "2") == 0
+    layout = json.loads((out / "manifest.json").read_text())["layout"]
+    assert layout["precision"] == "fp32" and layout["world_size"] == 1 and layout["num_machines"] == 1
+    assert layout["global_batch"] == 8 and layout["device"].startswith("cpu")
+    assert "llmkit sft: fp32 on cpu" in capsys.readouterr().out  # printed at start
+
+
+def test_weights_load_in_the_device_s_dtype_when_the_recipe_names_none(tmp_path, base_model, monkeypatch):
+    """A bf16 checkpoint (as hub models are) loads in float32 on a CPU; on a GPU: bf16 where it
+    exists, else fp16 for a LoRA base and fp32 for full training (faked devices)."""
+    import dataclasses
+
+    import torch
+    from transformers import AutoModelForCausalLM
+    from trl import ModelConfig
+
+    from llmkit import modeling
+
+    ckpt = tmp_path / "bf16"
+    AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.bfloat16).save_pretrained(ckpt)
+    modeling.load_tokenizer(str(base_model)).save_pretrained(ckpt)
+    margs = ModelConfig(model_name_or_path=str(ckpt))
+    assert next(modeling.load_causal_lm(margs).parameters()).dtype == torch.float32
+    assert next(modeling.load_causal_lm(dataclasses.replace(margs, dtype="bfloat16")).parameters()).dtype == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # a T4
+    assert modeling.default_weight_dtype(dataclasses.replace(margs, use_peft=True)) == torch.float16
+    assert modeling.default_weight_dtype(margs) == torch.float32
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # an A100/H100
+    assert modeling.default_weight_dtype(margs) == torch.bfloat16

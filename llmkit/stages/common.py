@@ -96,6 +96,14 @@ def check_training_args(args, cfg: StageConfig) -> None:
         raise LlmkitError(f"{src}: set num_train_epochs > 0 or max_steps > 0")
     if args.fp16 and not has_cuda():
         raise LlmkitError(f"{src}: fp16 needs a GPU; on CPU train in float32 (default) or set bf16: true")
+    if args.bf16 and has_cuda():
+        import torch
+
+        if not torch.cuda.is_bf16_supported():
+            major, minor = torch.cuda.get_device_capability()
+            raise LlmkitError(f"{src}: bf16: true, but this GPU ({torch.cuda.get_device_name()}, compute capability {major}.{minor}) "
+                              "has no bfloat16: remove bf16 from the config (llmkit then trains in fp16 here, bf16 on Ampere and "
+                              "newer) or set fp16: true")
     if not args.output_dir:
         raise LlmkitError(f"{src}: output_dir is required")
     check_optional_features(args, cfg)
@@ -261,6 +269,44 @@ def _check_attn_implementation(attn: str, src: str) -> None:
         if not installed(module.split(".")[0] if module == "flash_attn.cute" else module) and not installed("kernels"):
             raise LlmkitError(f"{src}: attn_implementation {name} needs the {module} package, which is not installed: "
                               f"pip install {pip} (or pip install kernels for the hub's build, or use sdpa)")
+
+
+def run_layout(cfg: StageConfig) -> dict[str, Any]:
+    """How a run trains: precision, attention, optimizer, fused kernels, and the process layout
+    (world size, machines, devices, global batch). Printed at start, recorded in the manifest."""
+    targs = next((x for x in cfg.args if hasattr(x, "per_device_train_batch_size")), None)
+    margs = next((x for x in cfg.args if hasattr(x, "attn_implementation")), None)
+    state = runs.distributed_state()
+    world = getattr(state, "num_processes", 1) or 1
+    local = int(os.environ.get("LOCAL_WORLD_SIZE") or world)  # processes on this machine (torchrun/accelerate set it)
+    layout: dict[str, Any] = {"device": runs.device_name(), "world_size": world, "num_machines": max(1, world // max(local, 1))}
+    if targs is not None:
+        layout["precision"] = "bf16" if getattr(targs, "bf16", False) else "fp16" if getattr(targs, "fp16", False) else "fp32"
+        layout["tf32"] = bool(getattr(targs, "tf32", False))
+        optim = getattr(targs, "optim", None)
+        layout["optim"] = getattr(optim, "value", optim)
+        layout["use_liger_kernel"] = bool(getattr(targs, "use_liger_kernel", False))
+        accum = getattr(targs, "gradient_accumulation_steps", 1) or 1
+        layout["global_batch"] = targs.per_device_train_batch_size * accum * world
+    if margs is not None:
+        from llmkit.modeling import default_attention
+
+        layout["attn_implementation"] = margs.attn_implementation or (default_attention() if has_cuda() else "sdpa (transformers' default)")
+    return layout
+
+
+def describe_layout(layout: dict[str, Any]) -> str:
+    parts = [f"{layout.get('precision', '?')} on {layout['device']}", f"{layout['world_size']} process" + ("es" if layout["world_size"] > 1 else "")]
+    if layout.get("num_machines", 1) > 1:
+        parts.append(f"{layout['num_machines']} machines")
+    for key, label in (("attn_implementation", "attention"), ("optim", "optimizer"), ("global_batch", "global batch")):
+        if layout.get(key) is not None:
+            parts.append(f"{label} {layout[key]}")
+    if layout.get("tf32"):
+        parts.append("tf32 matmuls")
+    if layout.get("use_liger_kernel"):
+        parts.append("Liger kernels")
+    return ", ".join(parts)
 
 
 def check_trainer_stage(cfg: StageConfig, margs, targs, what: str = "model (model_name_or_path)"):
@@ -439,6 +485,8 @@ def open_trainer_staging(targs, cfg: StageConfig, stage: str, overwrite: bool, m
     weights, trainable, whole = model_footprint(model, lora)
     check_disk_space(targs, cfg, runs.staging_path(output_dir), weights, trainable, whole if final_full_model else weights, extra_bytes)
     staging = runs.open_staging(output_dir, cfg, stage, overwrite)
+    if runs.is_main_process():
+        print(f"llmkit {stage}: {describe_layout(run_layout(cfg))}", flush=True)
     targs.output_dir = str(staging / "checkpoints")
     if not has_eval:
         targs.eval_strategy = IntervalStrategy.NO
@@ -626,8 +674,10 @@ def finish_training_stage(
     llmkit/lineage.py) and move the run into place."""
     if runs.is_main_process():
         runs.plot_curves(staging / "metrics.jsonl", staging / "loss.png", plot_keys, title=f"{stage}: {output_dir}")
-    manifest = runs.build_manifest(stage, cfg, started, inputs, metrics, steps=steps,
-                                   extra={"lineage": lineage} if lineage else None)
+    extra: dict[str, Any] = {"layout": run_layout(cfg)}
+    if lineage:
+        extra["lineage"] = lineage
+    manifest = runs.build_manifest(stage, cfg, started, inputs, metrics, steps=steps, extra=extra)
     out = runs.finalize(staging, output_dir, manifest)
     if runs.is_main_process():
         shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
