@@ -93,7 +93,7 @@ def _echo_logprobs(client, model: str, prompt: str) -> list[float]:
 
 def test_lists_base_and_adapters(server, vllm_base):
     names = {m.id for m in server["client"].models.list().data}
-    assert names == {vllm_base.name, "sft", "sft2"}
+    assert names == {vllm_base.name, "sft", "sft2", "dpo"}
     printed = "".join(server["startup"])
     assert f"{server['url']}/v1" in printed
 
