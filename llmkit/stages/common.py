@@ -487,10 +487,36 @@ def open_trainer_staging(targs, cfg: StageConfig, stage: str, overwrite: bool, m
     staging = runs.open_staging(output_dir, cfg, stage, overwrite)
     if runs.is_main_process():
         print(f"llmkit {stage}: {describe_layout(run_layout(cfg))}", flush=True)
+    trackers_into(staging, targs, cfg, output_dir)
     targs.output_dir = str(staging / "checkpoints")
     if not has_eval:
         targs.eval_strategy = IntervalStrategy.NO
     return staging, output_dir
+
+
+def trackers_into(staging: Path, targs, cfg: StageConfig, output_dir: str) -> None:
+    """Local trackers write inside the run: TensorBoard's event files to ``<run>/tensorboard``
+    (``tensorboard --logdir <run>/tensorboard``), trackio's database to ``<run>/trackio``
+    (``TRACKIO_DIR=<run>/trackio trackio show``). The run is named after its directory and
+    trackio's project is "llmkit" unless the config names them."""
+    report_to = getattr(targs, "report_to", None) or []
+    names = [report_to] if isinstance(report_to, str) else list(report_to)
+    if not any(n in ("tensorboard", "trackio") for n in names):
+        return
+    if "run_name" not in cfg.explicit:
+        targs.run_name = Path(output_dir).name
+    if "tensorboard" in names:
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(staging / "tensorboard")
+    if "trackio" in names:
+        import sys
+
+        os.environ["TRACKIO_DIR"] = str(staging / "trackio")
+        for mod in [m for name, m in sys.modules.items() if name.split(".")[0] == "trackio"]:  # imported by an earlier run
+            for attr, sub in (("TRACKIO_DIR", ""), ("MEDIA_DIR", "media"), ("ARTIFACTS_DIR", "artifacts")):
+                if isinstance(getattr(mod, attr, None), Path):
+                    setattr(mod, attr, staging / "trackio" / sub if sub else staging / "trackio")
+        if "project" not in cfg.explicit and hasattr(targs, "project"):
+            targs.project = "llmkit"
 
 
 def build_trainer(staging: Path, cfg: StageConfig, cls, *args, **kwargs):
