@@ -193,6 +193,8 @@ def vllm_command(plan: ServePlan, host: str, port: int, max_model_len: int | Non
     if not has_cuda():
         # vLLM's CPU backend: float32 kernels, no graph capture (start-up in seconds)
         cmd += ["--dtype", "float32", "--enforce-eager"]
+    if os.environ.get("VLLM_LOGGING_LEVEL", "WARNING").upper() not in ("INFO", "DEBUG"):
+        cmd += ["--uvicorn-log-level", "warning"]  # no INFO line per request (`--verbose` keeps them)
     if max_model_len:
         cmd += ["--max-model-len", str(max_model_len)]
     if plan.adapters:

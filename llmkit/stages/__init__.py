@@ -54,7 +54,7 @@ def summary(stage: str, metrics: dict[str, Any]) -> list[dict[str, Any]]:
 # need nothing from the libraries; unknown keys are checked against the stage's key list, which
 # every stage command writes to .cache/llmkit/keys/ from the live classes, under a name that
 # changes with the installed trl/transformers/peft versions and llmkit's own sources (so a new
-# version is never checked against an old list; tests/test_progress_logs.py compares the list
+# version is never checked against an old list; tests/test_early_errors.py compares the list
 # with the classes).  Everything else (types, values) is checked by load_stage_config as before.
 
 _KEY_LIBS = ("trl", "transformers", "peft", "accelerate")
