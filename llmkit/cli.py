@@ -9,6 +9,7 @@
     llmkit chat RUN_DIR_OR_URL [--model NAME] [--api-key KEY] [--system TEXT]
     llmkit eval RUN_DIR_OR_MODEL [--tasks es] [--engine auto|vllm|transformers|server] [--limit N] ...
     llmkit eval --compare RESULTS_DIR RESULTS_DIR ...    |    llmkit eval --recipe RECIPE_DIR
+    llmkit report RECIPE_OR_RUNS_DIR     the report card: report.md + report.html
 
 Errors in the user's input print one line and exit with status 2, without a traceback.
 
@@ -181,6 +182,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--max-tokens", type=int, default=256)
     c.add_argument("--temperature", type=float, default=0.0,
                    help="sampling temperature (default 0: greedy, the clean answers a small model gives; e.g. 0.7 for variety)")
+    r = sub.add_parser("report", help="the report card of a recipe's runs: report.md + report.html next to them")
+    r.add_argument("target", help="a recipe directory (recipes/tiny-es) or a directory of runs (runs/tiny-es)")
     for parser in [p, *(v for k, v in sub.choices.items() if k not in STAGES)]:
         parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     return p
@@ -248,6 +251,12 @@ def main(argv: list[str] | None = None) -> int:
                          args.max_model_len, args.name, args.engine, passthrough)
         if args.command == "eval":
             return _eval_command(args)
+        if args.command == "report":
+            from llmkit.report import write_report
+
+            md, page = write_report(args.target)
+            print(f"llmkit report: {md} and {page}")
+            return 0
         if args.command == "chat":
             from llmkit.serving import chat
 

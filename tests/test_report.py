@@ -75,3 +75,11 @@ def test_report_of_nothing_is_one_clear_error(tmp_path):
     with pytest.raises(LlmkitError, match="not a directory"):
         write_report(tmp_path / "missing")
     assert not (tmp_path / "report.md").exists()
+
+
+def test_report_command(mini_runs, capsys):
+    _, runs = mini_runs
+    (runs / "report.html").unlink()
+    assert llmkit("report", runs) == 0
+    assert (runs / "report.html").is_file() and str(runs / "report.html") in capsys.readouterr().out
+    assert llmkit("report", runs / "nothing") == 2
