@@ -36,6 +36,7 @@ import functools
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,10 @@ class EvalTask:
         return f"{self.primary},{self.filter}"
 
 
+FLORES_LANGS = {"es": "spa_Latn", "en": "eng_Latn", "eu": "eus_Latn", "pt": "por_Latn", "it": "ita_Latn",
+                "fr": "fra_Latn", "ca": "cat_Latn", "gl": "glg_Latn", "de": "deu_Latn"}
+FLORES_PAIRS = ("en", "eu", "pt", "it", "fr", "ca", "gl", "de")  # the harness's flores_es group, order kept
+GLOBAL_MMLU_CATEGORIES = ("business", "humanities", "medical", "other", "stem", "social_sciences")
 _STORY = {f"input_sentence_{i}": "str" for i in range(1, 5)}
 _BELEBELE = {f"mc_answer{i}": "str" for i in range(1, 5)}
 
@@ -105,6 +110,25 @@ TASKS: dict[str, EvalTask] = {
             {"Sentence": "str", "Label": "int"}),
         EvalTask("wnli_es", "es_llm", "PlanTL-GOB-ES/wnli-es", None, ("validation", "train"), "acc", {"acc": 0.5},
             {"sentence1": "str", "sentence2": "str", "label": "int"}),
+        # ---- es_gen: the rest of the harness's spanish_bench, generation scored locally
+        # (BLEU/TER/chrF by sacrebleu, ROUGE-1 by rouge_score; BLEU, TER and chrF on lm-eval's 0-100 scale)
+        EvalTask("xlsum_es", "es_gen", "csebuetnlp/xlsum", "spanish", ("test", "train"), "rouge1",
+            {"rouge1": 0.0, "bleu": 0.0}, {"text": "str", "summary": "str"}),
+        EvalTask("cocoteros_es", "es_gen", "gplsi/cocoteros", None, ("test", "train"), "bleu",
+            {"bleu": 0.0, "rouge1": 0.0}, {"keywords": "str", "context": "str", "text": "str"}),
+        *[EvalTask(f"phrases_{pair}", "es_gen", "gplsi/ES-VA_translation_test", None, ("test",), "bleu",
+                   {"bleu": 0.0, "chrf": 0.0}, {"es": "str", "va": "str"}) for pair in ("es-va", "va-es")],
+        # EQ-Bench v2 full-scale score, parsed from the answer (no judge model); the harness's
+        # constant makes random answers score 0
+        EvalTask("eqbench_es", "es_gen", "BSC-LT/EQ-bench_es", None, ("test",), "eqbench",
+            {"eqbench": 0.0, "percent_parseable": 0.0}, {"prompt": "str", "reference_answer_fullscale": "str"}),
+        *[EvalTask(f"spanish_bench_flores_{a}-{b}", "es_gen", "facebook/flores", "all", ("devtest", "dev"), "bleu",
+                   {"bleu": 0.0, "chrf": 0.0}, {f"sentence_{FLORES_LANGS[a]}": "str", f"sentence_{FLORES_LANGS[b]}": "str"})
+          for x in FLORES_PAIRS for a, b in ((x, "es"), ("es", x))],
+        # ---- es_mmlu: Global-MMLU Lite, Spanish (the harness's global_mmlu_es, one task per category)
+        *[EvalTask(f"global_mmlu_es_{cat}", "es_mmlu", "CohereLabs/Global-MMLU-Lite", "es", ("test", "dev"), "acc",
+                   {"acc": 0.25}, {"question": "str", **{f"option_{o}": "str" for o in "abcd"}, "answer": "str",
+                                   "subject_category": "str"}) for cat in GLOBAL_MMLU_CATEGORIES],
     ]
 }
 
@@ -207,11 +231,54 @@ HUB_SOURCES: dict[str, HubSource] = {
         checked="lm-eval YAML (csv files wnli-train-es.csv, wnli-dev-es.csv); columns sentence1/sentence2/label assumed"),
 }
 
+_FLORES_HUB_REV = PARQUET
+HUB_SOURCES.update({
+    "xlsum_es": HubSource(
+        "csebuetnlp/xlsum", "csebuetnlp/xlsum", None, revision=PARQUET,
+        data_files={s: f"spanish/{s}/*.parquet" for s in ("train", "test")}, licence="CC BY-NC-SA 4.0 (assumed)",
+        checked="lm-eval YAML (csebuetnlp/xlsum, spanish, test/train); a loading script on main and the viewer's "
+                "spanish/<split>/*.parquet conversion assumed, not verified"),
+    "cocoteros_es": HubSource(
+        "gplsi/cocoteros", "gplsi/cocoteros", None, licence="see the card (none stated)",
+        checked="hub pages (commit history: cocoteros_train.tsv and cocoteros_test.tsv; viewer: config default, "
+                "train 3.88k / test 969 rows); columns keywords/context/text from the lm-eval YAML, keywords as text assumed"),
+    **{f"phrases_{pair}": HubSource(
+        "gplsi/ES-VA_translation_test", "gplsi/ES-VA_translation_test", None, licence="see the card",
+        checked="lm-eval YAML (gplsi/ES-VA_translation_test, test only, columns es/va); file layout assumed")
+       for pair in ("es-va", "va-es")},
+    "eqbench_es": HubSource(
+        "BSC-LT/EQ-bench_es", "BSC-LT/EQ-bench_es", None, licence="see the card",
+        checked="lm-eval YAML (BSC-LT/EQ-bench_es, split test, columns prompt/reference_answer_fullscale, a "
+                "Python dict literal parsed by the task); file layout assumed"),
+    **{name: HubSource(
+        "facebook/flores", "facebook/flores", None, revision=_FLORES_HUB_REV,
+        data_files={s: f"all/{s}/*.parquet" for s in ("dev", "devtest")}, licence="CC BY-SA 4.0 (FLORES-200)",
+        checked="lm-eval YAML (facebook/flores, config all, dev/devtest, columns sentence_<lang>_<script>); a "
+                "loading script on main and the viewer's all/<split>/*.parquet conversion assumed, not verified")
+       for name in TASKS if name.startswith("spanish_bench_flores_")},
+    **{name: HubSource(
+        "CohereLabs/Global-MMLU-Lite", "CohereLabs/Global-MMLU-Lite", "es", licence="Apache 2.0 (assumed)",
+        checked="lm-eval YAML (CohereLabs/Global-MMLU-Lite, es, test/dev, option_a..d, answer letter, "
+                "subject_category filtered by the task); parquet layout assumed")
+       for name in TASKS if name.startswith("global_mmlu_es_")},
+})
+
 GROUPS: dict[str, list[str]] = {
     "es_beto": [n for n, t in TASKS.items() if t.group == "es_beto"],
     "es_llm": [n for n, t in TASKS.items() if t.group == "es_llm"],
+    "es_gen": [n for n, t in TASKS.items() if t.group == "es_gen"],
+    "es_mmlu": [n for n, t in TASKS.items() if t.group == "es_mmlu"],
 }
-GROUPS["es"] = GROUPS["es_beto"] + GROUPS["es_llm"]
+GROUPS["es"] = GROUPS["es_beto"] + GROUPS["es_llm"]  # the suite of llmkit <= 0.x: BETO's tasks and the LLM tasks
+GROUPS["flores_es"] = [n for n in TASKS if n.startswith("spanish_bench_flores_")]
+GROUPS["phrases_es"] = ["phrases_es-va", "phrases_va-es"]
+GROUPS["global_mmlu_es"] = GROUPS["es_mmlu"]
+# the harness's spanish_bench group, as lm-eval 0.4.13 lists it (groups expanded)
+GROUPS["spanish_bench"] = [
+    "belebele_spa_Latn", "copa_es", "escola", "openbookqa_es", "wnli_es", "xnli_es_spanish_bench", "xstorycloze_es",
+    "xquad_es", "xlsum_es", "paws_es_spanish_bench", "mgsm_direct_es_spanish_bench", "eqbench_es",
+    *GROUPS["flores_es"], *GROUPS["phrases_es"], "cocoteros_es"]
+GROUPS["es_all"] = list(TASKS)
 
 MLDOC_HELP = (
     "mldoc_es has no copy on the hub: MLDoc is built from the Reuters RCV1/RCV2 corpora, whose licence does "
@@ -293,7 +360,20 @@ def task_config(name: str, tm=None) -> dict[str, Any]:
     entry = (tm or task_manager()).task_index.get(name)
     if entry is None or entry.yaml_path is None:
         raise LlmkitError(f"lm-eval does not know the task {name!r} (is lm_eval 0.4.13 installed?)")
-    return load_yaml(entry.yaml_path, resolve_func=True)
+    cfg = load_yaml(entry.yaml_path, resolve_func=True)
+    _local_rouge(cfg)
+    return cfg
+
+
+def _local_rouge(cfg: dict[str, Any]) -> None:
+    """Replace spanish_bench's ROUGE-1 aggregation (``evaluate.load("rouge")``, a script fetched
+    from the hub when the task is scored) by llmkit's local one (tasks/utils.py)."""
+    from llmkit.evaluation.tasks import utils as task_utils
+
+    for metric in cfg.get("metric_list") or []:
+        agg = metric.get("aggregation")
+        if callable(agg) and getattr(agg, "__name__", "") == "rouge1_agg" and agg is not task_utils.rouge1_agg:
+            metric["aggregation"] = task_utils.rouge1_agg
 
 
 def task_spec(name: str, data_dir: str | Path | None = None, tm=None) -> dict[str, Any]:
@@ -378,11 +458,48 @@ def load_hub_dataset(name: str, splits: tuple[str, ...] = (), **_metadata):
     src = HUB_SOURCES[name]
     args = src.load_args()
     try:
+        if src.data_files:
+            args["path"], args["data_files"] = _cached_files(src)
+            args.pop("revision", None)
         ds = datasets.load_dataset(args.pop("path"), args.pop("name"), **args)
     except Exception as exc:
         raise hub.explain(exc, src.repo, "dataset", src.revision, what=f"{name}: dataset") from None
     check_hub_schema(name, ds, splits or tuple(ds))
     return ds
+
+
+_HF_URL = re.compile(r"^hf://datasets/(?P<repo>[^@]+)@(?P<rev>[^/]+)/(?P<file>.+)$")
+_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv", ".tsv": "csv"}
+
+
+def _cached_files(src: HubSource) -> tuple[str, dict[str, list[str]]]:
+    """A source with ``data_files`` (``hf://`` URLs, or patterns at a revision of the repo) as
+    (builder, local paths in the hub cache), fetched with ``snapshot_download`` of just those
+    files: the same bytes and builder ``datasets`` would use, and unlike ``hf://`` globbing or a
+    data-files config hash (which ``datasets`` computes from the resolved remote URLs) it also
+    loads offline once downloaded (``llmkit download``)."""
+    import fnmatch
+    import urllib.parse
+
+    import huggingface_hub as hf
+
+    patterns, revision = {}, src.revision
+    for split, url in (src.data_files or {}).items():
+        m = _HF_URL.match(url)
+        if m:
+            patterns[split], revision = m["file"], urllib.parse.unquote(m["rev"])
+        else:
+            patterns[split] = url
+    root = Path(hf.snapshot_download(src.repo, repo_type="dataset", revision=None if revision == "main" else revision,
+                                     allow_patterns=list(patterns.values())))
+    files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    out = {split: [str(root / f) for f in files if fnmatch.fnmatch(f, pat)] for split, pat in patterns.items()}
+    for split, found in out.items():
+        if not found:
+            raise LlmkitError(f"{src.repo}" + (f" at revision {revision}" if revision != "main" else "")
+                              + f": no file matches {patterns[split]!r} (split {split})")
+    builder = src.path if src.path != src.repo else _BUILDERS.get(Path(patterns[next(iter(patterns))]).suffix, "parquet")
+    return builder, out
 
 
 def check_hub_schema(name: str, ds, splits: tuple[str, ...]) -> None:

@@ -146,3 +146,22 @@ def process_docs_mldoc(dataset):
         return {"gold": MLDOC_LABELS.index(label)}
 
     return dataset.map(_add_gold)
+
+
+# ---------------------------------------------------------------- ROUGE-1 without the hub
+# The harness's spanish_bench ``utils.rouge1_agg`` (xlsum_es, cocoteros_es) calls
+# ``evaluate.load("rouge")``, which fetches the metric's script from the hub at scoring time: it
+# fails offline and on a cluster node. llmkit's suite swaps in this one (suite.task_config): the
+# same scorer evaluate's "rouge" builds (rouge_score, ROUGE-1, no stemmer, rouge_score's default
+# tokenizer), F-measure averaged over the documents. evaluate reports the median of 1000 bootstrap
+# means instead of the mean, which differs only by that resampling noise.
+
+
+def rouge1_agg(items):
+    from rouge_score import rouge_scorer
+
+    if not items:
+        return 0.0
+    scorer = rouge_scorer.RougeScorer(["rouge1"], use_stemmer=False)
+    scores = [scorer.score(str(ref), str(pred))["rouge1"].fmeasure for ref, pred in items]
+    return sum(scores) / len(scores)
