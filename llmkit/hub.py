@@ -313,7 +313,10 @@ def download(recipe: str, eval_suite: bool = False, items: list[dict[str, Any]] 
         return [{"repo": i["repo"], "kind": i["kind"], "revision": i["revision"], "size": None,
                  "used_by": i["used_by"]} for i in items]
     for item in items:  # everything checked before anything is written
-        _check(item)
+        try:
+            _check(item)
+        except LlmkitError as exc:
+            raise LlmkitError(f"{exc} (named by {', '.join(item['used_by'])})") from None
     rows = []
     bar = tqdm(items, desc="llmkit download", unit="repo", file=stream)
     for item in bar:
@@ -332,12 +335,15 @@ def _check_cached(items: list[dict[str, Any]]) -> None:
 
     for item in items:
         rev = None if item["revision"] == "main" else item["revision"]
-        if item["kind"] in ("model", "tokenizer"):
-            probe = "config.json" if item["kind"] == "model" else "tokenizer_config.json"
-            if not isinstance(hf.try_to_load_from_cache(item["repo"], probe, revision=rev), str):
-                raise explain(hf.errors.OfflineModeIsEnabled("offline"), item["repo"], "model", rev)
-        else:
-            _fetch(item)  # datasets' offline load raises if the prepared cache is not there
+        try:
+            if item["kind"] in ("model", "tokenizer"):
+                probe = "config.json" if item["kind"] == "model" else "tokenizer_config.json"
+                if not isinstance(hf.try_to_load_from_cache(item["repo"], probe, revision=rev), str):
+                    raise explain(hf.errors.OfflineModeIsEnabled("offline"), item["repo"], "model", rev)
+            else:
+                _fetch(item)  # datasets' offline load raises if the prepared cache is not there
+        except LlmkitError as exc:
+            raise LlmkitError(f"{exc} (named by {', '.join(item['used_by'])})") from None
 
 
 def summary_table(rows: list[dict[str, Any]]) -> str:

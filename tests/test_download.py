@@ -196,15 +196,15 @@ def _bad_recipe(root: Path, name: str, model: str = MODEL_ID, dataset: str = "be
 BAD = {
     # case -> (argv builder, offline mode, words the one error line must contain)
     "missing_dataset": (lambda r: [_bad_recipe(r, "d", dataset="nobody/no-such-data")], False,
-                        ["nobody/no-such-data", "does not exist", "hf auth login", "HF_TOKEN"]),
+                        ["nobody/no-such-data", "does not exist", "hf auth login", "HF_TOKEN", "named by sft.yaml:datasets"]),
     "missing_model": (lambda r: [_bad_recipe(r, "m", model="nobody/no-such-model")], False,
-                      ["nobody/no-such-model", "does not exist", "hf auth login"]),
+                      ["nobody/no-such-model", "does not exist", "hf auth login", "sft.yaml:model_name_or_path"]),
     "gated_model": (lambda r: [_bad_recipe(r, "g", model="meta-llama/Llama-3.2-1B-Instruct")], False,
-                    ["meta-llama/Llama-3.2-1B-Instruct", "gated", "hf auth login", "HF_TOKEN"]),
+                    ["meta-llama/Llama-3.2-1B-Instruct", "gated", "hf auth login", "HF_TOKEN", "sft.yaml:model_name_or_path"]),
     "missing_revision": (lambda r: ["llmkit-test/tiny-open", "--repo_type", "model", "--revision", "v9"], False,
                          ["llmkit-test/tiny-open", "'v9'", "revision"]),
     "offline_without_cache": (lambda r: [_bad_recipe(r, "o")], True,
-                              [MODEL_ID, "offline", f"llmkit download {MODEL_ID} --repo_type model"]),
+                              [MODEL_ID, "offline", f"llmkit download {MODEL_ID} --repo_type model", "sft.yaml:model_name_or_path"]),
     "not_a_recipe": (lambda r: [r / "nowhere"], False, ["nowhere", "recipe directory"]),
 }
 
