@@ -99,8 +99,9 @@ data: setup ## rebuild data/ deterministically (byte for byte)
 data-check: setup ## verify data/ matches its generator byte for byte
 	$(BIN)/python data/make_data.py --check
 
-lint: setup ## ruff
+lint: setup ## ruff, and no import cycle inside llmkit/ (tests/check_imports.py)
 	$(BIN)/ruff check llmkit tests data
+	$(BIN)/python tests/check_imports.py
 
 tokenizer: setup ## train the recipe's tokenizer
 	$(BIN)/llmkit tokenizer --config recipes/$(RECIPE)/tokenizer.yaml $(ARGS)

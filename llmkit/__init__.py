@@ -151,8 +151,10 @@ def run_recipe(recipe: str | Path, force: bool = False, target: str | None = Non
     """Run a recipe's stages in order (``llmkit run RECIPE``): finished stages are skipped,
     unfinished ones resumed. ``target`` runs only that stage and what it reads from."""
     from llmkit.pipeline import run_recipe as _run
+    from llmkit.report import write_after_run
 
     rows = _run(recipe, force=force, from_stage=from_stage, target=target)
+    write_after_run(recipe)
     return {r["stage"]: Run(r["output_dir"]) for r in rows}
 
 

@@ -231,8 +231,10 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(argv)
         if args.command == "run":
             from llmkit.pipeline import run_recipe
+            from llmkit.report import write_after_run
 
             run_recipe(args.recipe, force=args.force, from_stage=args.from_stage, target=args.target)
+            write_after_run(args.recipe)
             return 0
         if args.command == "ls":
             from llmkit.pipeline import list_recipes

@@ -27,7 +27,6 @@ class LlmkitError(Exception):
 
 
 # Keys that only steer llmkit itself and never reach a library config.
-RUN_KEYS = ("overwrite",)
 
 
 class _DuplicateKey(Exception):

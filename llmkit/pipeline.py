@@ -94,14 +94,14 @@ def _closure(target: str, deps: dict[str, set[str]]) -> set[str]:
 
 
 def run_recipe(recipe: str | Path, force: bool = False, from_stage: str | None = None, target: str | None = None) -> list[dict[str, Any]]:
-    from llmkit.cli import load_config_for
+    from llmkit.stages import load_config
 
     spec, stages = read_pipeline(recipe)
     names = [s["name"] for s in stages]
     for flag, value in (("--from", from_stage), ("--target", target)):
         if value and value not in names:
             raise LlmkitError(f"{flag} {value}: no such stage in {recipe}; stages: {', '.join(names)}")
-    loaded = [(s, *load_config_for(s["stage"], str(s["config"]), None)) for s in stages]  # fail fast on any config
+    loaded = [(s, *load_config(s["stage"], str(s["config"]), None)) for s in stages]  # fail fast on any config
     if target:
         wanted = _closure(target, dependencies(loaded))
         loaded = [x for x in loaded if x[0]["name"] in wanted]
@@ -144,10 +144,6 @@ def run_recipe(recipe: str | Path, force: bool = False, from_stage: str | None =
         summary.append(_row(s, f"ran in {time.time() - t0:.0f}s", new, out))
     if runs.is_main_process():
         print_summary(spec.get("name", str(recipe)), summary)
-        from llmkit.report import write_report
-
-        md, page = write_report(recipe)
-        print(f"llmkit run: report card in {md} and {page}", flush=True)
     return summary
 
 

@@ -219,6 +219,15 @@ def to_html(card: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def write_after_run(recipe: str | Path) -> None:
+    """`llmkit run` (and `llmkit.run_recipe`) end with the recipe's report card (main process)."""
+    from llmkit.runs import is_main_process
+
+    if is_main_process():
+        md, page = write_report(recipe)
+        print(f"llmkit run: report card in {md} and {page}", flush=True)
+
+
 def write_report(target: str | Path) -> tuple[Path, Path]:
     """Write report.md and report.html next to the runs; returns their paths."""
     card = collect(target)

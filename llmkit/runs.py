@@ -543,19 +543,11 @@ def build_manifest(
         "inputs": to_plain(inputs),
         "upstream": upstream_runs(inputs),
         "metrics": to_plain(metrics),
-        "summary": _summary(stage, metrics),
         "versions": versions(),
         "git_revision": git_revision(),
         "host": {"python": platform.python_version(), "platform": platform.platform(), "device": device_name()},
         **(extra or {}),
     }
-
-
-def _summary(stage: str, metrics: dict[str, Any]) -> list[dict[str, Any]]:
-    """The stage's own key numbers (its SUMMARY, see llmkit/stages/__init__.py)."""
-    from llmkit.stages import summary
-
-    return to_plain(summary(stage, metrics))
 
 
 def upstream_runs(inputs: Any) -> dict[str, str]:

@@ -46,12 +46,9 @@ def vllm_available() -> bool:
 
 
 def has_cuda() -> bool:
-    try:
-        import torch
+    from llmkit.stages.common import has_cuda as _has_cuda
 
-        return torch.cuda.is_available()
-    except Exception:  # pragma: no cover - torch always there in practice
-        return False
+    return _has_cuda()
 
 
 def vllm_env(base: dict[str, str] | None = None) -> dict[str, str]:
@@ -177,8 +174,6 @@ def plan_serving(target: str, adapters: list[str] | None = None, merged: bool = 
         if aname in plan.names:
             raise LlmkitError(f"two served models are named {aname!r}; pick another NAME in --adapter NAME=DIR")
         plan.adapters[aname] = adir
-    if plan.adapters and not allow_adapters:
-        raise LlmkitError("the transformers fallback serves one model: adapters need vLLM (install it, or merge them)")
     if plan.adapters:
         need = max(_adapter_rank(d) for d in plan.adapters.values())
         plan.lora_rank = next((r for r in LORA_RANKS if r >= need), need)

@@ -94,7 +94,6 @@ def qa_f1(pred: str, golds: str | Iterable[str]) -> float:
 
 # ---------------------------------------------------------------- named entities
 
-ENTITY_TYPES = ("PER", "ORG", "LOC", "MISC")
 # Spelling variants a model may write for each type (compared after uppercasing, accents kept).
 _TYPE_ALIASES = {
     "PER": "PER", "PERS": "PER", "PERSONA": "PER",

@@ -42,7 +42,6 @@ from llmkit.config import LlmkitError
 RESULTS_FILE = "results.json"
 REFERENCE_FILE = Path(__file__).resolve().parent / "reference.yaml"
 PERCENT_METRICS = frozenset({"acc", "acc_norm", "f1", "exact_match", "em", "precision", "recall"})
-CORRELATION_METRICS = frozenset({"pearson", "spearman", "mcc"})
 MUST_MATCH = ("num_fewshot", "limit")  # settings that make two runs' scores incomparable
 MISSING = "—"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -269,7 +269,7 @@ def load_tasks(args: EvalArgs):
             names.extend(suite.resolve_tasks(part))
     names = list(dict.fromkeys(names))
     data_dir = suite.default_data_dir(args.data_dir)
-    if args.tasks.split(",") and "mldoc_es" in names and "mldoc_es" not in args.tasks.split(","):
+    if "mldoc_es" in names and "mldoc_es" not in args.tasks.split(","):
         # a group asked for it: without a local copy it is skipped, not an error
         try:
             suite.task_spec("mldoc_es", data_dir, tm)

@@ -700,7 +700,9 @@ def finish_training_stage(
     llmkit/lineage.py) and move the run into place."""
     if runs.is_main_process():
         runs.plot_curves(staging / "metrics.jsonl", staging / "loss.png", plot_keys, title=f"{stage}: {output_dir}")
-    extra: dict[str, Any] = {"layout": run_layout(cfg)}
+    from llmkit.stages import summary
+
+    extra: dict[str, Any] = {"summary": summary(stage, metrics), "layout": run_layout(cfg)}
     if lineage:
         extra["lineage"] = lineage
     manifest = runs.build_manifest(stage, cfg, started, inputs, metrics, steps=steps, extra=extra)

@@ -50,9 +50,8 @@ def defaults(explicit: dict) -> dict:
 def validate_template(tokenizer, sargs: SFTConfig, layout: str, cfg: StageConfig) -> None:
     from llmkit.modeling import has_generation_markers
 
-    if layout in ("messages",) or (layout == "prompt_completion"):
-        if layout == "messages" and not tokenizer.chat_template:
-            raise LlmkitError(f"{cfg.source}: conversational data needs a chat template; the tokenizer has none (set chat_template)")
+    if layout == "messages" and not tokenizer.chat_template:
+        raise LlmkitError(f"{cfg.source}: conversational data needs a chat template; the tokenizer has none (set chat_template)")
     if sargs.assistant_only_loss:
         if layout != "messages":
             raise LlmkitError(

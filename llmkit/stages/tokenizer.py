@@ -135,7 +135,10 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     metrics = {"vocab_size": len(hf)}
     if held_rows:
         metrics.update(fertility(hf, [r["text"] for r in held_rows]))
-    manifest = runs.build_manifest(STAGE, cfg, started, {"datasets": provenance, "heldout_datasets": held_prov}, metrics)
+    from llmkit.stages import summary
+
+    manifest = runs.build_manifest(STAGE, cfg, started, {"datasets": provenance, "heldout_datasets": held_prov}, metrics,
+                                   extra={"summary": summary(STAGE, metrics)})
     out = runs.finalize(staging, a.output_dir, manifest)
     shown = ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
     print(f"llmkit tokenizer: done in {time.time() - started:.1f}s -> {out}  ({shown})", flush=True)
