@@ -236,3 +236,38 @@ def test_download_bad_input_is_one_line_exit_2_nothing_written(tmp_path, base_mo
         print(json.dumps({"rc": main(["meta-llama/Llama-3.2-1B-Instruct", "--repo_type", "model"])}))
         """, {**hub_env(hub, tmp_path / "hf-token"), "HF_TOKEN": "hf_test"})
         assert out["rc"] == 0
+
+
+@pytest.mark.slow
+def test_download_one_repo_as_the_error_lines_suggest(tmp_path):
+    """`llmkit download REPO` (what the offline error lines suggest) makes that repo load
+    offline: a recipe dataset through llmkit.data, an eval dataset through its tasks' loader."""
+    hub = HubStandin(idle_timeout=300)
+    add_suite_repos(hub)
+    add_recipe_repos(hub)
+    home = tmp_path / "hf"
+    with hub:
+        env = hub_env(hub, home)
+        out = run_py(_download_main() + """
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            rcs = [main(["bertin-project/alpaca-spanish"]), main(["juletxara/mgsm"])]
+        print(json.dumps({"rcs": rcs, "err": err.getvalue()}))
+        """, env)
+    assert out["rcs"] == [0, 0], out["err"]
+    off = {**env, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    out = run_py("""
+        import json
+        from llmkit import data
+        from llmkit.evaluation import suite
+        rows, _, _ = data.load_source({"path": "bertin-project/alpaca-spanish", "split": "train", "format": "alpaca"})
+        ds = suite.load_hub_dataset("mgsm_direct_es_spanish_bench", ("test", "train"))
+        try:
+            suite.load_hub_dataset("copa_es", ("test",))
+            copa = "loaded"
+        except Exception as e:
+            copa = str(e)
+        print(json.dumps({"n": len(rows), "mgsm": ds["test"].num_rows, "copa": copa}))
+    """, off)
+    assert out["n"] == 6 and out["mgsm"] > 0
+    assert "BSC-LT/COPA-es" in out["copa"] and "offline" in out["copa"] and "llmkit download BSC-LT/COPA-es" in out["copa"]
