@@ -60,7 +60,7 @@ def tokenizer_run(tmp_path_factory, corpus) -> Path:
     out = tmp_path_factory.mktemp("tok") / "tokenizer"
     rc = llmkit(
         "tokenizer", "--output_dir", out, "--datasets", f"[{corpus}]",
-        "--heldout_datasets", f"[{corpus.parent / 'heldout.jsonl'}]", "--vocab_size", "600",
+        "--eval_datasets", f"[{corpus.parent / 'heldout.jsonl'}]", "--vocab_size", "600",
     )
     assert rc == 0
     return out

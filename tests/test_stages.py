@@ -384,3 +384,32 @@ def test_weights_load_in_the_device_s_dtype_when_the_recipe_names_none(tmp_path,
     assert modeling.default_weight_dtype(margs) == torch.float32
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # an A100/H100
     assert modeling.default_weight_dtype(margs) == torch.bfloat16
+
+
+def test_tokenizer_reads_eval_datasets_and_its_old_name(tmp_path, corpus, capsys):
+    held = corpus.parent / "heldout.jsonl"
+    assert llmkit("tokenizer", "--output_dir", tmp_path / "new", "--datasets", f"[{corpus}]", "--eval_datasets", f"[{held}]",
+                  "--vocab_size", "400") == 0
+    assert llmkit("tokenizer", "--output_dir", tmp_path / "old", "--datasets", f"[{corpus}]", "--heldout_datasets", f"[{held}]",
+                  "--vocab_size", "400") == 0
+    assert "heldout_datasets is deprecated" in capsys.readouterr().out
+    new, old = (json.loads((tmp_path / d / "manifest.json").read_text())["metrics"] for d in ("new", "old"))
+    assert new["fertility"] == old["fertility"] > 1
+    assert llmkit("tokenizer", "--output_dir", tmp_path / "both", "--datasets", f"[{corpus}]", "--eval_datasets", f"[{held}]",
+                  "--heldout_datasets", f"[{held}]") == 2
+
+
+def test_every_key_a_stage_docstring_names_is_a_key_of_the_stage():
+    """The docstring is the --help text: its Features list names real keys, and it opens with the command."""
+    import re
+
+    from llmkit.config import stage_fields
+    from llmkit.stages import STAGES, stage_module
+
+    for name in STAGES:
+        mod = stage_module(name)
+        assert mod.DOC.startswith(f"`llmkit {name} --config recipes/"), name
+        features = mod.DOC.split("Features (keys):", 1)[1].split("\n\n", 1)[0]
+        keys = set(stage_fields(mod.CLASSES))
+        named = set(re.findall(r"`([a-z_0-9]+)`", features))
+        assert named and named <= keys, (name, sorted(named - keys))

@@ -1,4 +1,11 @@
-"""Stage `dpo`: direct preference optimisation with TRL's DPOTrainer over an SFT run.
+"""`llmkit dpo --config recipes/tiny-es/dpo.yaml`: direct preference optimisation with TRL's
+DPOTrainer over an SFT run.
+
+Features (keys):
+  - any of TRL's losses (`loss_type`), `beta`; full or LoRA (`use_peft`)
+  - a LoRA over a LoRA SFT run is saved as one composed adapter over the original base (the
+    stage's own adapter in delta/; llmkit/lineage.py)
+  - held-out preference accuracy and implicit-reward margin before/after (`eval_datasets`)
 
 config -> validate (pairs with `chosen`/`rejected`, optional `prompt`; TRL loss variant via
 `loss_type`) -> policy = the SFT run (a LoRA run is folded into its base) -> reference = the

@@ -1,4 +1,12 @@
-"""Stage `grpo`: reasoning RL with verifiable rewards, TRL's GRPOTrainer.
+"""`llmkit grpo --config recipes/tiny-es/grpo.yaml`: reasoning RL with verifiable rewards, TRL's
+GRPOTrainer.
+
+Features (keys):
+  - named rewards from llmkit.rewards (`reward_funcs`, `reward_weights`) and a reward-stage model
+    (`reward_model_path`); `num_generations`, `beta`, `temperature`, `max_completion_length`
+  - full or LoRA (`use_peft`; stacked over a LoRA SFT run as one composed adapter)
+  - vLLM generation on GPUs (`use_vllm`, `vllm_mode: colocate | server`)
+  - greedy held-out accuracy before/after and samples.jsonl (`eval_datasets`, `eval_limit`)
 
 config -> validate (prompts, reward function names from llmkit.rewards, the columns they need,
 num_generations dividing the generation batch, reward model) -> policy = the SFT run (a LoRA

@@ -1,4 +1,11 @@
-"""Stage `ppo`: classic RLHF with PPO (llmkit's own trainer over transformers, PEFT, accelerate).
+"""`llmkit ppo --config recipes/tiny-es/ppo.yaml`: classic RLHF with PPO (llmkit's own trainer over
+transformers, PEFT, accelerate).
+
+Features (keys):
+  - reward model (`reward_model_path`) and/or reward functions (`reward_funcs`, `reward_weights`)
+  - GAE (`gamma`, `lam`), clipped policy and value losses (`cliprange`, `cliprange_value`, `vf_coef`)
+  - KL penalty k1/k3 (`kl_estimator`, `kl_coef`), adaptive KL (`adaptive_kl`, `kl_target`), whitening
+  - full or LoRA (`use_peft`; a LoRA run's adapter keeps training); `accelerate launch`; resume
 
 config -> validate (prompts, reward model / reward functions, tokenizers, batch sizes, PPO
 values) -> policy, reference, reward and value models -> for each step: sample completions,

@@ -1,4 +1,11 @@
-"""Stage `pretrain`: causal-LM pretraining from a config, or continued pretraining of a model.
+"""`llmkit pretrain --config recipes/tiny-es/pretrain.yaml`: causal-LM pretraining from a config, or
+continued pretraining of a model.
+
+Features (keys):
+  - from scratch (`model_config`: llama, qwen2, qwen3, mistral, gemma, gpt2) or continued (`model_name_or_path`)
+  - EOS-joined packing into `block_size` blocks (no padding); LoRA for continued pretraining (`use_peft`)
+  - held-out perplexity before/after (`eval_datasets`, `eval_split_size`); checkpoints and resume (`save_steps`)
+  - multi-process / multi-node under `accelerate launch`; `report_to: tensorboard | trackio`
 
 config -> validate -> read text -> tokenize, append EOS, pack into blocks of `block_size`
 (no padding at all) -> build the model (`model_config` from scratch, or `model_name_or_path`,

@@ -1,4 +1,10 @@
-"""Stage `reward`: train a reward model on preference pairs with TRL's RewardTrainer.
+"""`llmkit reward --config recipes/tiny-es/reward.yaml`: train a reward model on preference pairs with
+TRL's RewardTrainer.
+
+Features (keys):
+  - conversational or plain chosen/rejected pairs (optional prompt); full or LoRA (`use_peft`)
+  - held-out pairwise accuracy and margin before/after (`eval_datasets`); saved as a full
+    sequence-classification model (LoRA merged) that PPO and GRPO read as their reward_model_path
 
 config -> validate (pairs have `chosen`/`rejected`, optional `prompt`, conversational or
 plain; every local row checked) -> sequence-classification model (one score) on an SFT run

@@ -1,4 +1,13 @@
-"""Stage `sft`: supervised fine-tuning with TRL's SFTTrainer — full, LoRA or QLoRA.
+"""`llmkit sft --config recipes/tiny-es/sft.yaml`: supervised fine-tuning with TRL's SFTTrainer —
+full, LoRA or QLoRA.
+
+Features (keys):
+  - full, LoRA (`use_peft`, `lora_r`, `lora_alpha`, `lora_target_modules`), QLoRA (`load_in_4bit`)
+  - messages, prompt/completion, and alpaca / dolly / ShareGPT layouts (`datasets` entries with format: ...)
+  - loss on the answers only (`assistant_only_loss`, `completion_only_loss`), the model's own chat
+    template through TRL or `chat_template` (chatml, a .jinja file, trl:NAME)
+  - packing (`packing`, `padding_free`); held-out loss and greedy samples before/after (`sample_prompts`)
+  - device-chosen precision, attention and optimizer; `accelerate launch` (DDP, FSDP, ZeRO); resume
 
 config -> validate (data layout and every local row, chat template markers when
 assistant_only_loss is on, model/adapter paths, LoRA values) -> load model (4-bit NF4 when

@@ -1,4 +1,10 @@
-"""Stage `tokenizer`: train a byte-level BPE (or Unigram) tokenizer on Spanish text.
+"""`llmkit tokenizer --config recipes/tiny-es/tokenizer.yaml`: train a byte-level BPE (or Unigram)
+tokenizer on Spanish text.
+
+Features (keys):
+  - BPE or Unigram (`model_type`), vocabulary size (`vocab_size`), minimum frequency (`min_frequency`)
+  - special tokens and a ChatML chat template with {% generation %} markers (`chat_template`)
+  - fertility and round-trip rate on held-out text (`eval_datasets`; the old `heldout_datasets` is still read)
 
 config -> validate -> read text -> train with `tokenizers` -> wrap as an HF tokenizer with
 special tokens and a chat template carrying {% generation %} markers -> fertility (tokens per
@@ -25,7 +31,8 @@ SUMMARY = (("vocabulary", None, "vocab_size"), ("fertility (tokens per word)", N
 class TokenizerArgs:
     output_dir: str = field(default="", metadata={"help": "Run directory to write (refused if it holds a finished run)."})
     datasets: list = field(default_factory=list, metadata={"help": "Text sources with a 'text' column: files, directories or hub ids (see llmkit.data)."})
-    heldout_datasets: list = field(default_factory=list, metadata={"help": "Held-out text for fertility (tokens per word) and round-trip checks."})
+    eval_datasets: list = field(default_factory=list, metadata={"help": "Held-out text for fertility (tokens per word) and round-trip checks."})
+    heldout_datasets: list = field(default_factory=list, metadata={"help": "Deprecated: the old name of eval_datasets (still read)."})
     model_type: str = field(default="bpe", metadata={"help": "bpe (byte-level BPE, never <unk>) or unigram (SentencePiece-style)."})
     vocab_size: int = field(default=8000, metadata={"help": "Target vocabulary size, special tokens included."})
     min_frequency: int = field(default=2, metadata={"help": "BPE: minimum pair frequency for a merge."})
@@ -126,7 +133,14 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     template = validate(a, cfg)
     runs.check_output_dir(a.output_dir, overwrite)
     rows, provenance = data.load_rows(a.datasets, "text", a.seed)
-    held_rows, held_prov = data.load_rows(a.heldout_datasets, "text", a.seed, "heldout_datasets") if a.heldout_datasets else ([], [])
+    held_key, held = ("eval_datasets", a.eval_datasets)
+    if a.heldout_datasets:
+        if a.eval_datasets:
+            raise LlmkitError(f"{cfg.source}: set eval_datasets only (heldout_datasets is its old name)")
+        print(f"llmkit tokenizer: heldout_datasets is deprecated, the key is eval_datasets (as in every stage); rename it in {cfg.source}",
+              flush=True)
+        held_key, held = "heldout_datasets", a.heldout_datasets
+    held_rows, held_prov = data.load_rows(held, "text", a.seed, held_key) if held else ([], [])
     staging = runs.open_staging(a.output_dir, cfg, STAGE, overwrite)
     texts = [r["text"] for r in rows]
     print(f"llmkit tokenizer: training {a.model_type} (vocab {a.vocab_size}) on {len(texts)} texts", flush=True)
@@ -137,7 +151,7 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
         metrics.update(fertility(hf, [r["text"] for r in held_rows]))
     from llmkit.stages import summary
 
-    manifest = runs.build_manifest(STAGE, cfg, started, {"datasets": provenance, "heldout_datasets": held_prov}, metrics,
+    manifest = runs.build_manifest(STAGE, cfg, started, {"datasets": provenance, "eval_datasets": held_prov}, metrics,
                                    extra={"summary": summary(STAGE, metrics)})
     out = runs.finalize(staging, a.output_dir, manifest)
     shown = ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
