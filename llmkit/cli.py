@@ -10,6 +10,7 @@
     llmkit eval RUN_DIR_OR_MODEL [--tasks es] [--engine auto|vllm|transformers|server] [--limit N] ...
     llmkit eval --compare RESULTS_DIR RESULTS_DIR ...    |    llmkit eval --recipe RECIPE_DIR
     llmkit report RECIPE_OR_RUNS_DIR     the report card: report.md + report.html
+    llmkit download RECIPE_DIR [--eval] | REPO_ID   fetch into the HF cache for offline nodes
 
 Errors in the user's input print one line and exit with status 2, without a traceback.
 
@@ -182,6 +183,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--max-tokens", type=int, default=256)
     c.add_argument("--temperature", type=float, default=0.0,
                    help="sampling temperature (default 0: greedy, the clean answers a small model gives; e.g. 0.7 for variety)")
+    sub.add_parser("download", help="fetch a recipe's models and datasets (--eval: its eval tasks too) into the HF cache, "
+                                    "for nodes without internet", add_help=False)
     r = sub.add_parser("report", help="the report card of a recipe's runs: report.md + report.html next to them")
     r.add_argument("target", help="a recipe directory (recipes/tiny-es) or a directory of runs (runs/tiny-es)")
     for parser in [p, *(v for k, v in sub.choices.items() if k not in STAGES)]:
@@ -224,6 +227,10 @@ def main(argv: list[str] | None = None) -> int:
         configure_library_logs(verbose)
         if argv and argv[0] in STAGES:
             return _stage_command(argv[0], argv[1:])
+        if argv and argv[0] == "download":  # its own arguments (llmkit/hub.py)
+            from llmkit.hub import download_command
+
+            return download_command(argv[1:])
         passthrough: list[str] = []
         if argv and argv[0] == "serve" and "--" in argv:
             cut = argv.index("--")
