@@ -34,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 CORPUS_TRAIN_BYTES = 1_350_000  # corpus_train.jsonl grows until it reaches this size
 HELDOUT_EVERY = 16              # every 16th unique paragraph goes to corpus_heldout
 N_SFT, N_SFT_HELD, N_PREF, N_PREF_HELD, N_MATH, N_MATH_TEST = 3000, 200, 2000, 200, 2000, 200
-N_EASY, N_EASY_TEST = 1000, 100
+N_EASY, N_EASY_TEST = 1000, 200
 MATH_SUFFIX = "Termina con «La respuesta es N»."
 MATH_TEST_PROMPTS = set()     # filled by build() before anything else is generated
 
@@ -446,9 +446,16 @@ def t_word(rng, problem=None):
 
 FAMILIES = {t_arith: 22, t_word: 10, t_word_easy: 8, t_capital: 12, t_plural: 12, t_number: 12, t_opposite: 10, t_conj: 12, t_greet: 8}
 
-def pick_task(rng, skip=()):
-    fams = [f for f in FAMILIES if f not in skip]
-    f = rng.choices(fams, [FAMILIES[f] for f in fams])[0]
+# SFT draws one-step problems more often than the corpus and the preference pairs do (the tiny model
+# needs a few hundred of them before it copies the operands), and starts every worked answer with
+# «Veamos:», so that the first operand is the same token in the answer as in the problem (" 3", not
+# "3": the byte-level BPE glues the space to the digit, and an answer's first word has no space).
+SFT_FAMILIES = FAMILIES | {t_word_easy: 24}
+SFT_LEAD = "Veamos: "
+
+def pick_task(rng, skip=(), weights=FAMILIES):
+    fams = [f for f in weights if f not in skip]
+    f = rng.choices(fams, [weights[f] for f in fams])[0]
     return f(rng)
 
 # ---------------------------------------------------------------------------------------- corpus paragraphs
@@ -654,10 +661,11 @@ def make_math(rng, problem=word_problem, n_train=N_MATH, n_test=N_MATH_TEST):
 
 def make_sft(rng):
     def one(rng):
-        t = pick_task(rng)
-        msgs = [user(t.q), assistant(t.a)]
+        t = pick_task(rng, weights=SFT_FAMILIES)
+        msgs = [user(t.q), assistant(SFT_LEAD + t.a if t.q.endswith(MATH_SUFFIX) else t.a)]
         if rng.random() < 0.2:                    # a second exchange: a follow-up, or a new question
-            q2, a2 = t.follow(rng) if t.follow and rng.random() < 0.7 else pick_task(rng, (t_greet,))[:2]
+            q2, a2 = t.follow(rng) if t.follow and rng.random() < 0.7 else pick_task(rng, (t_greet,), SFT_FAMILIES)[:2]
+            a2 = SFT_LEAD + a2 if q2.endswith(MATH_SUFFIX) else a2
             msgs += [user(q2), assistant(a2)]
         key = dumps(msgs)                         # duplicates are judged without the system message
         if rng.random() < 0.2:
