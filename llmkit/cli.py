@@ -227,8 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         configure_library_logs(verbose)
         if argv and argv[0] in STAGES:
             return _stage_command(argv[0], argv[1:])
-        if argv and argv[0] == "download":  # its own arguments (llmkit/hub.py)
-            from llmkit.hub import download_command
+        if argv and argv[0] == "download":  # its own arguments (llmkit/download.py)
+            from llmkit.download import download_command
 
             return download_command(argv[1:])
         passthrough: list[str] = []

@@ -205,9 +205,10 @@ def load_source(spec: dict[str, Any]) -> tuple[list[dict[str, Any]], str, bool]:
 
         try:
             ds = datasets.load_dataset(path, spec.get("name"), split=spec.get("split", "train"), data_files=spec.get("data_files"))
-        except Exception as exc:  # the hub, a missing config, offline mode...
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise LlmkitError(f"could not load dataset {path!r}: {first}") from None
+        except Exception as exc:  # the hub, a missing config, offline mode...: one line naming the repo and the fix
+            from llmkit import hub
+
+            raise hub.explain(exc, path, "dataset", spec.get("revision")) from None
         rows = [{**r, "__line__": i} for i, r in enumerate(ds)]
         local = False
     if not rows:

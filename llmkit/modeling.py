@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -101,14 +100,16 @@ def check_model_source(path: str | None, what: str = "model") -> None:
 
             check_consistent(path)  # a stacked run saved with the wrong base is refused, not loaded
             base = adapter_base(path)
-            if not Path(base).exists() and require_run(base, f"base model of adapter {path}") is None and _offline():
-                raise LlmkitError(f"{path} is an adapter whose base {base!r} is not available offline")
+            if not Path(base).exists() and require_run(base, f"base model of adapter {path}") is None:
+                from llmkit import hub
+
+                hub.check_repo(base, "model")  # on the hub, or in the cache when offline; else one line with the fix
         elif not (Path(path) / "config.json").is_file():
             raise LlmkitError(f"{what} {path} has no config.json: not a transformers model directory")
+    elif not Path(path).exists() and path.count("/") == 1 and not path.startswith((".", "/", "~", "runs/")):
+        from llmkit import hub
 
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+        hub.check_repo(path, "model")  # a hub id: exists, readable (gated: token), in the cache when offline
 
 
 def new_model_config(model_config: dict[str, Any], tokenizer):

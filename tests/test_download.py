@@ -1,4 +1,4 @@
-"""`llmkit download RECIPE_DIR [--eval]` (llmkit.hub.download): what it plans for the shipped
+"""`llmkit download RECIPE_DIR [--eval]` (llmkit.download): what it plans for the shipped
 recipes (no network), and through the hub stand-in (tests/hub_standin.py): a recipe's model and
 datasets fetched into an empty HF_HOME, the stand-in stopped, then the recipe's first stage and
 `llmkit eval` run with HF_HUB_OFFLINE=1 and no server to reach.  Bad input (a missing dataset or
@@ -18,14 +18,14 @@ from conftest import REPO
 from hub_standin import HubStandin, readme
 from test_hub import add_model_repos, add_recipe_repos, add_suite_repos, hub_env, run_py
 
-from llmkit import hub as llmkit_hub
+from llmkit import download as llmkit_download
 from llmkit.evaluation import suite
 
 # ------------------------------------------------------------------ the plan for the shipped recipes (no network)
 
 
 def _planned(recipe: str, eval_suite: bool = True) -> tuple[dict[str, set[str]], list[str], list[dict]]:
-    items, notes = llmkit_hub.plan(REPO / "recipes" / recipe, eval_suite)
+    items, notes = llmkit_download.plan(REPO / "recipes" / recipe, eval_suite)
     kinds: dict[str, set[str]] = {}
     for it in items:
         kinds.setdefault(it["kind"], set()).add(it["repo"])
@@ -49,7 +49,7 @@ def test_plan_of_the_shipped_recipes():
     kinds, _, _ = _planned("qwen2.5-0.5b-es", eval_suite=False)
     assert kinds["dataset"] == {"bertin-project/alpaca-spanish", "ericrisco/gsm8k-translated-spanish"}
     # the embedded default is all local: nothing to fetch
-    items, notes = llmkit_hub.plan(REPO / "recipes" / "tiny-es", True)
+    items, notes = llmkit_download.plan(REPO / "recipes" / "tiny-es", True)
     assert items == [] and any("data_dir" in n for n in notes)
 
 
@@ -70,10 +70,10 @@ def test_plan_bad_recipe(tmp_path):
     from llmkit.config import LlmkitError
 
     with pytest.raises(LlmkitError, match="no pipeline.yaml"):
-        llmkit_hub.plan(tmp_path)
+        llmkit_download.plan(tmp_path)
     (tmp_path / "pipeline.yaml").write_text("stages: [sft]\n")
     with pytest.raises(LlmkitError, match="no sft.yaml"):
-        llmkit_hub.plan(tmp_path)
+        llmkit_download.plan(tmp_path)
 
 
 # ------------------------------------------------------------------ through the stand-in
@@ -109,11 +109,11 @@ def _download_main() -> str:
     """The code the lead's `llmkit download` wiring runs (cli.main prints LlmkitError as one line, exit 2)."""
     return """
         import contextlib, io, json, sys
-        from llmkit import hub
+        from llmkit import download as dl
         from llmkit.config import LlmkitError
         def main(argv):
             try:
-                return hub.download_command(argv)
+                return dl.download_command(argv)
             except LlmkitError as e:
                 print(f"llmkit: error: {e}", file=sys.stderr)
                 return 2
@@ -138,7 +138,7 @@ def test_download_then_run_offline(tmp_path, base_model):
         out = run_py(_download_main() + f"""
         err = io.StringIO()
         with contextlib.redirect_stderr(err):
-            rows = hub.download({str(rec)!r}, eval_suite=True)
+            rows = dl.download({str(rec)!r}, eval_suite=True)
         print(json.dumps({{"rows": rows, "err": err.getvalue()}}))
         """, env)
     assert hub._server is None  # stopped: from here on nothing answers at HF_ENDPOINT
@@ -177,9 +177,6 @@ def test_download_then_run_offline(tmp_path, base_model):
     # the SFT run (a LoRA adapter over the hub base) evaluated offline
     proc = _cli(["eval", run_dir, "--tasks", "copa_es", "--limit", "2", "--engine", "transformers",
                  "--output_dir", tmp_path / "eval_run", "--bootstrap_iters", "10"], off)
-    if proc.returncode != 0 and "is not available offline" in proc.stderr:
-        pytest.xfail("llmkit.modeling.check_model_source refuses an adapter's hub base offline without looking in "
-                     "the cache (it should call llmkit.hub.check_repo(base, 'model'))")
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert json.loads((tmp_path / "eval_run" / "results.json").read_text())["tasks"]["copa_es"]["n"] == 2
 
