@@ -299,3 +299,18 @@ def test_charts_keep_the_x_label_and_put_the_legend_outside_the_axes(tmp_path, m
         box = artist if hasattr(artist, "x0") else artist.get_window_extent(renderer)
         assert tight.x0 * fig.dpi - 1 <= box.x0 and box.x1 <= tight.x1 * fig.dpi + 1
         assert tight.y0 * fig.dpi - 1 <= box.y0 and box.y1 <= tight.y1 * fig.dpi + 1
+
+
+def test_bleu_like_metrics_keep_their_0_100_scale_and_their_own_mean():
+    """BLEU 25.3 (the harness's scale) is shown and charted as 25.3, not 2530, and never
+    averaged with accuracies; ROUGE-1 (0-1) is a percentage."""
+    from llmkit.evaluation import report
+
+    assert report.fmt_value("bleu", 25.3) == "25.3" and report.fmt_value("rouge1", 0.253) == "25.3"
+    assert report._scaled(25.3, "bleu") == 25.3 and report._scaled(0.5, "acc") == 50.0
+    assert report.fmt_delta("bleu", 2.0) == "+2.0"
+    rows = [{"task": "a", "metric": "acc", "chance": 0.5, "cells": [(0.6, None), (0.7, None)]},
+            {"task": "b", "metric": "bleu", "chance": 0.0, "cells": [(20.0, None), (30.0, None)]},
+            {"task": "c", "metric": "pearson", "chance": 0.0, "cells": [(0.1, None), (0.3, None)]}]
+    means = {m["scale"]: m["means"] for m in report._mean_rows(rows, 2)}
+    assert means == {"%": [0.6, 0.7], "points": [20.0, 30.0], "r": [0.1, 0.3]}

@@ -12,13 +12,14 @@ How numbers are shown (results.json keeps the harness's raw fractions):
 - accuracy-like metrics (acc, acc_norm, f1, exact_match, em, precision, recall) in percent with
   one decimal: ``0.625 ± 0.18`` is ``62.5 ± 18.0``;
 - correlations and MCC (pearson, spearman, mcc) as plain numbers with three decimals;
+- BLEU, chrF, TER and EQ-Bench, which the harness reports on 0-100 already, as they are (one decimal);
 - a missing value or standard error (null, "N/A", NaN) as "—".
 
 In `compare`, a delta is the run's primary metric minus the first run's, on that display scale
 (percentage points, or correlation units), signed.  The mean rows average the tasks that every
-run has, one mean per scale (accuracy-type metrics in %, correlations and MCC in their own
+run has, one mean per scale (accuracy-type metrics in %, BLEU-like points, correlations and MCC in their own
 units: a Pearson r is never averaged with an accuracy), so runs are compared on the same tasks
-only.  The charts draw every task on one ×100 axis (a correlation of 0.25 at 25), labelled so.
+only.  The charts draw every task on one 0-100 axis (a correlation of 0.25 at 25, BLEU as it is), labelled so.
 
 A run that read local data (``settings.data_dir``: a test fixture or --data_dir copy) says so
 in its header, with the number of examples per task; published scores of other models are in
@@ -41,7 +42,9 @@ from llmkit.config import LlmkitError
 
 RESULTS_FILE = "results.json"
 REFERENCE_FILE = Path(__file__).resolve().parent / "reference.yaml"
-PERCENT_METRICS = frozenset({"acc", "acc_norm", "f1", "exact_match", "em", "precision", "recall"})
+PERCENT_METRICS = frozenset({"acc", "acc_norm", "f1", "exact_match", "em", "precision", "recall", "rouge1", "rouge2", "rougeL"})
+# metrics the harness already reports on a 0-100 scale (translation, EQ-Bench): shown and charted as they are
+POINTS_METRICS = frozenset({"bleu", "ter", "chrf", "eqbench", "percent_parseable"})
 MUST_MATCH = ("num_fewshot", "limit")  # settings that make two runs' scores incomparable
 MISSING = "—"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -93,12 +96,21 @@ def _is_percent(metric: str | None) -> bool:
     return metric in PERCENT_METRICS
 
 
+def _is_points(metric: str | None) -> bool:
+    return metric in POINTS_METRICS
+
+
+def _scale(metric: str | None) -> str:
+    """"%" (0-1 shown ×100), "points" (already 0-100) or "r" (correlations, MCC: their own units)."""
+    return "%" if _is_percent(metric) else "points" if _is_points(metric) else "r"
+
+
 def fmt_value(metric: str | None, value: Any) -> str:
     """``acc 0.625`` -> ``62.5``; ``pearson 0.1`` -> ``0.100``; missing -> "—"."""
     v = _num(value)
     if v is None:
         return MISSING
-    return f"{100 * v:.1f}" if _is_percent(metric) else f"{v:.3f}"
+    return f"{100 * v:.1f}" if _is_percent(metric) else f"{v:.1f}" if _is_points(metric) else f"{v:.3f}"
 
 
 def fmt_score(metric: str | None, value: Any, stderr: Any = None) -> str:
@@ -112,7 +124,7 @@ def fmt_delta(metric: str | None, delta: float | None) -> str:
     """Signed difference on the display scale: ``+3.1`` (points) or ``-0.050``."""
     if delta is None:
         return MISSING
-    d, digits = (100 * delta, 1) if _is_percent(metric) else (delta, 3)
+    d, digits = (100 * delta, 1) if _is_percent(metric) else (delta, 1) if _is_points(metric) else (delta, 3)
     d = round(d, digits) or 0.0  # no "-0.0"
     return f"{d:+.{digits}f}"
 
@@ -198,18 +210,19 @@ def markdown_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _scaled(value: float | None) -> float | None:
-    return None if value is None else 100 * value
+def _scaled(value: float | None, metric: str | None = None) -> float | None:
+    """A value on the charts' 0-100 axis (×100, except metrics already on it: BLEU, chrF, EQ-Bench)."""
+    return None if value is None else (value if _is_points(metric) else 100 * value)
 
 
-def _err(stderr: Any) -> float:
-    """Error-bar length ×100; NaN (no bar drawn) when the harness gave no standard error."""
+def _err(stderr: Any, metric: str | None = None) -> float:
+    """Error-bar length on the same axis; NaN (no bar drawn) when the harness gave no standard error."""
     v = _num(stderr)
-    return math.nan if v is None else 100 * v
+    return math.nan if v is None else _scaled(v, metric)
 
 
 def _axis_label() -> str:
-    return "score ×100\n(accuracy, F1, exact match in %; correlations and MCC ×100)"
+    return "score on a 0-100 axis\n(accuracy, F1, exact match, ROUGE in %; BLEU, chrF, EQ-Bench as reported; correlations and MCC ×100)"
 
 
 def _plt():
@@ -235,9 +248,9 @@ def bar_chart(results: dict[str, Any], png_path: str | Path) -> Path:
     for name, task in tasks:
         metric, value, stderr = _primary(task)
         labels.append(f"{name} ({metric})")
-        values.append(_scaled(value) or 0.0)
-        errors.append(_err(stderr))
-        chances.append(_scaled(_num(task.get("chance"))))
+        values.append(_scaled(value, metric) or 0.0)
+        errors.append(_err(stderr, metric))
+        chances.append(_scaled(_num(task.get("chance")), metric))
     y = list(range(len(tasks)))
     fig, ax = plt.subplots(figsize=(10, 1.6 + 0.45 * max(1, len(tasks))), dpi=100)
     ax.barh(y, values, xerr=errors, color="tab:blue", alpha=0.8, capsize=3, label="primary metric ± stderr")
@@ -340,8 +353,8 @@ def _mean_rows(rows: list[dict[str, Any]], n_runs: int) -> list[dict[str, Any]]:
     """One mean per metric scale over the tasks every run has: accuracy-type metrics (in %) and
     correlations/MCC (in [-1, 1]) are never averaged together."""
     out = []
-    for scale, metric in (("%", "acc"), ("correlation", "pearson")):
-        shared = [r for r in rows if all(v is not None for v, _ in r["cells"]) and _is_percent(r["metric"]) == (scale == "%")]
+    for scale, metric in (("%", "acc"), ("points", "bleu"), ("r", "pearson")):
+        shared = [r for r in rows if all(v is not None for v, _ in r["cells"]) and _scale(r["metric"]) == scale]
         if not shared:
             continue
         means = [sum(r["cells"][i][0] for r in shared) / len(shared) for i in range(n_runs)]
@@ -352,10 +365,10 @@ def _mean_rows(rows: list[dict[str, Any]], n_runs: int) -> list[dict[str, Any]]:
 
 
 def _mean_label(mean: dict[str, Any], bold: bool = True) -> str:
-    kind = "accuracy-type" if mean["scale"] == "%" else "correlation/MCC"
+    kind = {"%": "accuracy-type", "points": "BLEU/chrF/EQ-Bench", "r": "correlation/MCC"}[mean["scale"]]
     tasks = f"{mean['n']} shared task{'s' if mean['n'] != 1 else ''}"
     name = "**mean**" if bold else "mean"
-    return f"{name} {kind} ({tasks}, {'%' if mean['scale'] == '%' else 'r'})"
+    return f"{name} {kind} ({tasks}, {mean['scale']})"
 
 
 def _deltas(row: dict[str, Any]) -> list[str]:
@@ -388,8 +401,9 @@ def compare_markdown(runs: list[dict[str, Any]], labels: list[str], files: list[
         lines.append("| " + " | ".join([_mean_label(mean), "", chance, *rest]) + " |")
     lines += ["", "Δ: the run minus the first run, in percentage points (correlation units for pearson, spearman, mcc). "
               "Scores are ± standard error; a delta smaller than about two standard errors is noise. "
-              "Means are over the tasks every run has, one per scale: accuracy-type metrics (acc, F1, exact match) "
-              "in %, correlations and MCC in their own units; the two are never averaged together."]
+              "Means are over the tasks every run has, one per scale: accuracy-type metrics (acc, F1, exact match, ROUGE) "
+              "in %, BLEU/chrF/EQ-Bench in their own 0-100 points, correlations and MCC in their own units; "
+              "scales are never averaged together."]
     return "\n".join(lines) + "\n"
 
 
@@ -407,11 +421,11 @@ def compare_chart(runs: list[dict[str, Any]], labels: list[str], png_path: str |
             v, e = row["cells"][j]
             if v is not None:
                 ys.append(i - 0.4 + h * (j + 0.5))
-                xs.append(100 * v)
-                errs.append(_err(e))
+                xs.append(_scaled(v, row["metric"]))
+                errs.append(_err(e, row["metric"]))
         seen += xs + [x + s * e for x, e in zip(xs, errs) if not math.isnan(e) for s in (-1, 1)]
         ax.barh(ys, xs, height=h, xerr=errs, capsize=2, label=lab, alpha=0.85)
-    chance = [(i, 100 * r["chance"]) for i, r in enumerate(rows) if r["chance"] is not None]
+    chance = [(i, _scaled(r["chance"], r["metric"])) for i, r in enumerate(rows) if r["chance"] is not None]
     if chance:
         ax.scatter([c for _, c in chance], [i for i, _ in chance], marker="|", s=600, color=CHANCE_COLOR, zorder=3,
                    label="chance")
