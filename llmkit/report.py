@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -168,7 +169,7 @@ def to_markdown(card: dict[str, Any]) -> str:
 
 _CSS = ("body{font:15px/1.5 system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}"
         "table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left;vertical-align:top}"
-        "th{background:#f3f3f3}img{max-width:100%;border:1px solid #eee}code{background:#f5f5f5;padding:0 .2em}"
+        "th{background:#f3f3f3}td:nth-child(2){white-space:nowrap}img{max-width:100%;border:1px solid #eee}code{background:#f5f5f5;padding:0 .2em}"
         "section{border-top:1px solid #ddd;margin-top:1.5em}.small{color:#666;font-size:13px}")
 
 
@@ -194,7 +195,8 @@ def to_html(card: dict[str, Any]) -> str:
         rows.append([s["name"], t, s["steps"] or "–", "; ".join(_change(r) for r in s["summary"]) or "–", s["run"]])
     parts.append(_table(["stage", "time", "steps", "what changed (held-out)", "output"], rows))
     for s in card["stages"]:
-        parts.append(f"<section id='{e(s['name'])}'><h2>{e(s['name'])}</h2><p>{e(s['what'])}. Run <code>{e(s['run'])}</code>"
+        what = re.sub(r"`([^`]+)`", r"<code>\1</code>", e(s["what"]))
+        parts.append(f"<section id='{e(s['name'])}'><h2>{e(s['name'])}</h2><p>{what}. Run <code>{e(s['run'])}</code>"
                      + (f", {e(str(s['mode']))}" if s["mode"] else "") + (f", {s['steps']} steps" if s["steps"] else "")
                      + (f", {s['wall_time_s']:.1f} s" if isinstance(s["wall_time_s"], (int, float)) else "") + ".</p>")
         if len(s["lineage"]) > 1:
