@@ -296,4 +296,4 @@ def test_chaos_kill_llmkit_run_at_a_random_moment(tmp_path, capsys, seed):
             assert m["finished_at"] == finished[stage]  # skipped, not redone
     assert read_manifest(outs["sft"])["steps"] == 10
     _load(outs["sft"], "sft")
-    assert sorted(p.name for p in outs["sft"].parent.iterdir()) == ["pre", "sft", "tok"]
+    assert sorted(p.name for p in outs["sft"].parent.iterdir()) == ["pre", "report.html", "report.md", "sft", "tok"]
