@@ -67,15 +67,27 @@ def find_runs(target: str | Path) -> tuple[Path, list[tuple[str, Path]]]:
     return target, [(n, d) for n, d, _ in found]
 
 
-def _fmt(v: Any) -> str:
+def _is_share(metric: str | None) -> bool:
+    """A share of examples (exact/format match, accuracies, round-trip), shown in %."""
+    m = metric or ""
+    return m.endswith("_match") or m.endswith("accuracy") or "accuracy_reward" in m or m == "roundtrip_rate"
+
+
+def _fmt(v: Any, metric: str | None = None) -> str:
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and _is_share(metric):
+        return f"{100 * v:.1f} %"
+    return _fmt_plain(v)
+
+
+def _fmt_plain(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
     return "–" if v is None else str(v)
 
 
 def _change(row: dict[str, Any]) -> str:
-    before = f"{_fmt(row['before'])} → " if row.get("before") is not None else ""
-    return f"{row['label']} {before}{_fmt(row['after'])}"
+    before = f"{_fmt(row['before'], row.get('metric'))} → " if row.get("before") is not None else ""
+    return f"{row['label']} {before}{_fmt(row['after'], row.get('metric'))}"
 
 
 def _samples(run: Path) -> list[dict[str, str]]:
@@ -152,7 +164,7 @@ def to_markdown(card: dict[str, Any]) -> str:
             out += ["", "Trained on: " + " → ".join(f"`{p}`" for p in s["lineage"][:-1])]
         if s["summary"]:
             out += ["", "| held-out | before | after |", "|---|---|---|"]
-            out += [f"| {r['label']} | {_fmt(r['before'])} | {_fmt(r['after'])} |" for r in s["summary"]]
+            out += [f"| {r['label']} | {_fmt(r['before'], r.get('metric'))} | {_fmt(r['after'], r.get('metric'))} |" for r in s["summary"]]
         for p in s["pictures"]:
             out += ["", f"![{Path(p).stem}]({Path(p).relative_to(card['dir']) if Path(p).is_relative_to(card['dir']) else p})"]
         if s["samples"]:
@@ -202,7 +214,7 @@ def to_html(card: dict[str, Any]) -> str:
         if len(s["lineage"]) > 1:
             parts.append("<p class='small'>Trained on: " + " → ".join(f"<code>{e(p)}</code>" for p in s["lineage"][:-1]) + "</p>")
         if s["summary"]:
-            parts.append(_table(["held-out", "before", "after"], [[r["label"], _fmt(r["before"]), _fmt(r["after"])] for r in s["summary"]]))
+            parts.append(_table(["held-out", "before", "after"], [[r["label"], _fmt(r["before"], r.get("metric")), _fmt(r["after"], r.get("metric"))] for r in s["summary"]]))
         parts += [_img(p) for p in s["pictures"]]
         if s["samples"]:
             ref = any(x["reference"] for x in s["samples"])
