@@ -61,9 +61,9 @@ class Run:
     @property
     def summary(self) -> list[dict[str, Any]]:
         """The stage's key numbers: ``[{"label", "metric", "before", "after"}]``."""
-        from llmkit.stages import summary
+        from llmkit.stages import manifest_summary
 
-        return self.manifest.get("summary") or summary(self.stage, self.metrics)
+        return manifest_summary(self.manifest)
 
     @property
     def lineage(self) -> list[dict[str, Any]]:

@@ -24,8 +24,7 @@ from typing import Any
 
 from llmkit import runs
 from llmkit.config import LlmkitError, read_yaml
-from llmkit.stages import STAGES
-from llmkit.stages import summary as stage_summary
+from llmkit.stages import STAGES, manifest_summary
 
 
 def read_pipeline(recipe: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -150,7 +149,7 @@ def run_recipe(recipe: str | Path, force: bool = False, from_stage: str | None =
 def _row(s: dict[str, Any], status: str, manifest: dict[str, Any] | None, out: str) -> dict[str, Any]:
     m = manifest or {}
     return {"stage": s["name"], "status": status, "wall_time_s": m.get("wall_time_s"), "steps": m.get("steps"), "metrics": m.get("metrics", {}),
-            "summary": m.get("summary") or stage_summary(s["stage"], m.get("metrics", {})), "output_dir": out}
+            "summary": manifest_summary(m, s["stage"]), "output_dir": out}
 
 
 def summary_text(row: dict[str, Any]) -> str:

@@ -109,13 +109,13 @@ def _samples(run: Path) -> list[dict[str, str]]:
 def collect(target: str | Path) -> dict[str, Any]:
     """Everything the report shows, read from the run directories."""
     from llmkit.runs import read_manifest
-    from llmkit.stages import summary
+    from llmkit.stages import manifest_summary
 
     where, found = find_runs(target)
     stages = []
     for name, run in found:
         m = read_manifest(run) or {}
-        rows = m.get("summary") or summary(m.get("stage", name), m.get("metrics", {}))
+        rows = manifest_summary(m, name)
         stages.append({
             "name": name, "stage": m.get("stage", name), "run": str(run), "what": WHAT.get(m.get("stage", ""), ""),
             "mode": (m.get("metrics") or {}).get("mode"), "wall_time_s": m.get("wall_time_s"), "steps": m.get("steps"),

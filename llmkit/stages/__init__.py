@@ -34,6 +34,13 @@ def stage_module(name: str):
     return importlib.import_module(STAGES[name])
 
 
+def manifest_summary(manifest: dict[str, Any] | None, stage: str | None = None) -> list[dict[str, Any]]:
+    """A run's key numbers: what its manifest recorded, else its stage's SUMMARY filled in from
+    its metrics (a manifest written before stages declared one)."""
+    m = manifest or {}
+    return m.get("summary") or summary(m.get("stage") or stage or "", m.get("metrics", {}))
+
+
 def summary(stage: str, metrics: dict[str, Any]) -> list[dict[str, Any]]:
     """The stage's SUMMARY filled in from a run's metrics: ``[{"label", "before", "after"}]``
     for every pair whose "after" value the run has."""
