@@ -22,6 +22,7 @@ llmkit's own lines are always shown.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -47,6 +48,14 @@ _env_set_by_llmkit: dict[str, str] = {}
 
 
 VERBOSE_HELP = "also show the libraries' INFO logs (transformers, datasets, vLLM, lm-eval, httpx); or LLMKIT_LOG_LEVEL=INFO|DEBUG"
+
+
+# Commands that parse their own arguments: name -> (module, function(argv) -> exit code, help line).
+# The module is imported only when its command runs, so `llmkit --help` stays fast.
+OWN_COMMANDS = {
+    "download": ("llmkit.download", "download_command",
+                 "fetch a recipe's models and datasets (--eval: its eval tasks too) into the HF cache, for nodes without internet"),
+}
 
 
 def library_log_level(verbose: bool = False) -> str:
@@ -183,8 +192,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--max-tokens", type=int, default=256)
     c.add_argument("--temperature", type=float, default=0.0,
                    help="sampling temperature (default 0: greedy, the clean answers a small model gives; e.g. 0.7 for variety)")
-    sub.add_parser("download", help="fetch a recipe's models and datasets (--eval: its eval tasks too) into the HF cache, "
-                                    "for nodes without internet", add_help=False)
+    for name, (_, _, help_) in OWN_COMMANDS.items():
+        sub.add_parser(name, help=help_, add_help=False)
     r = sub.add_parser("report", help="the report card of a recipe's runs: report.md + report.html next to them")
     r.add_argument("target", help="a recipe directory (recipes/tiny-es) or a directory of runs (runs/tiny-es)")
     for parser in [p, *(v for k, v in sub.choices.items() if k not in STAGES)]:
@@ -227,10 +236,9 @@ def main(argv: list[str] | None = None) -> int:
         configure_library_logs(verbose)
         if argv and argv[0] in STAGES:
             return _stage_command(argv[0], argv[1:])
-        if argv and argv[0] == "download":  # its own arguments (llmkit/download.py)
-            from llmkit.download import download_command
-
-            return download_command(argv[1:])
+        if argv and argv[0] in OWN_COMMANDS:
+            module, function, _ = OWN_COMMANDS[argv[0]]
+            return getattr(importlib.import_module(module), function)(argv[1:])
         passthrough: list[str] = []
         if argv and argv[0] == "serve" and "--" in argv:
             cut = argv.index("--")
