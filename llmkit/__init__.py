@@ -163,15 +163,13 @@ def evaluate(run: Run | str | Path, tasks: str = "es", output_dir: str | Path | 
     """Evaluate a run (or model path) on Spanish tasks, as ``llmkit eval`` does; returns the
     results (results.json: per task its metrics, chance level and n). ``options`` are
     ``llmkit eval``'s: engine, limit, num_fewshot, data_dir, batch_size, apply_chat_template, ..."""
-    from llmkit.evaluation.runner import EvalArgs
+    from llmkit.evaluation.runner import EvalArgs, load_eval_config
     from llmkit.evaluation.runner import evaluate as _evaluate
 
     target = str(run.path if isinstance(run, Run) else run)
-    try:
-        args = EvalArgs(target=target, tasks=tasks, output_dir=str(output_dir) if output_dir else None, overwrite=overwrite, **options)
-    except TypeError as exc:
-        raise LlmkitError(f"llmkit.evaluate: {exc}".replace("EvalArgs.__init__()", "evaluate()")) from None
-    out = _evaluate(args)
+    keys = {"target": target, "tasks": tasks, "output_dir": str(output_dir) if output_dir else None, "overwrite": overwrite,
+            **options}
+    out = _evaluate(load_eval_config(None, keys).get(EvalArgs))
     return json.loads((Path(out) / "results.json").read_text(encoding="utf-8"))
 
 

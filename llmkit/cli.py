@@ -53,6 +53,8 @@ VERBOSE_HELP = "also show the libraries' INFO logs (transformers, datasets, vLLM
 # Commands that parse their own arguments: name -> (module, function(argv) -> exit code, help line).
 # The module is imported only when its command runs, so `llmkit --help` stays fast.
 OWN_COMMANDS = {
+    "eval": ("llmkit.evaluation.command", "eval_command",
+             "score a run or model on the Spanish benchmarks (lm-evaluation-harness); llmkit eval --help lists its keys"),
     "download": ("llmkit.download", "download_command",
                  "fetch a recipe's models and datasets (--eval: its eval tasks too) into the HF cache, for nodes without internet"),
 }
@@ -160,29 +162,6 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--max-model-len", type=int, help="context length to serve (default: the model's)")
     s.add_argument("--engine", default="auto", choices=["auto", "vllm", "transformers"],
                    help="auto: vLLM when installed, else `transformers serve`")
-    e = sub.add_parser("eval", help="score a run or model on the Spanish benchmarks (lm-evaluation-harness)")
-    e.add_argument("target", nargs="?", help="run directory, local model directory or hub id")
-    e.add_argument("--tasks", default="es", help="es (all), es_beto, es_llm, or task names, comma-separated")
-    e.add_argument("--engine", default="auto", choices=["auto", "vllm", "transformers", "server"])
-    e.add_argument("--base_url", help="OpenAI-compatible server (…/v1) to evaluate through (--engine server)")
-    e.add_argument("--served_model", help="model name on that server (default: the last one it lists)")
-    e.add_argument("--api_key", "--api-key", default=os.environ.get("LLMKIT_API_KEY"))
-    e.add_argument("--num_fewshot", type=int, help="few-shot examples (default: each task's own)")
-    e.add_argument("--limit", type=float, help="examples per task (a fraction if < 1)")
-    e.add_argument("--seed", type=int, default=1234, help="one seed for python, numpy, torch and few-shot sampling")
-    e.add_argument("--batch_size", type=int, help="default: vLLM decides; 8 for transformers")
-    e.add_argument("--apply_chat_template", action="store_true", help="wrap prompts in the model's chat template")
-    e.add_argument("--system_instruction", help="system prompt (with --apply_chat_template)")
-    e.add_argument("--max_model_len", type=int)
-    e.add_argument("--data_dir", help="read every task from <data_dir>/<task>/<split>.jsonl (default: $LLMKIT_EVAL_DATA_DIR)")
-    e.add_argument("--include_path", help="a directory of your own lm-eval task YAMLs to allow in --tasks")
-    e.add_argument("--log_samples", action="store_true", help="write every prompt, answer and score to samples/")
-    e.add_argument("--bootstrap_iters", type=int, default=100000, help="as lm_eval (stderr of non-mean metrics)")
-    e.add_argument("--output_dir", help="default: <run's parent>/eval/<run name>")
-    e.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation in output_dir")
-    e.add_argument("--compare", nargs="+", metavar="RESULTS", help="compare earlier evaluations side by side")
-    e.add_argument("--recipe", help="evaluate every finished stage of a recipe (its eval.yaml) and compare them")
-    e.add_argument("--force", action="store_true", help="with --recipe: evaluate again stages already evaluated")
     c = sub.add_parser("chat", help="chat in the terminal with a served model or a run directory")
     c.add_argument("target", help="server URL (http://127.0.0.1:8000) or anything `llmkit serve` takes")
     c.add_argument("--model", help="served model name (default: the adapter of a LoRA run — the first adapter when the "
@@ -199,31 +178,6 @@ def _parser() -> argparse.ArgumentParser:
     for parser in [p, *(v for k, v in sub.choices.items() if k not in STAGES)]:
         parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     return p
-
-
-def _eval_command(args) -> int:
-    from llmkit.evaluation import report, runner
-
-    if args.compare:
-        if args.target:
-            args.compare.insert(0, args.target)
-        report.compare(args.compare, out_dir=args.output_dir)
-        return 0
-    if args.recipe:
-        over = {k: getattr(args, k) for k in ("tasks", "engine", "limit", "num_fewshot", "data_dir")
-                if getattr(args, k) != _parser_defaults("eval").get(k)}
-        runner.eval_recipe(args.recipe, over, force=args.force)
-        return 0
-    if not args.target:
-        raise LlmkitError("llmkit eval needs a run directory or model (or --compare / --recipe)")
-    fields = {k: v for k, v in vars(args).items() if k in runner.EvalArgs.__dataclass_fields__}
-    runner.evaluate(runner.EvalArgs(**fields))
-    return 0
-
-
-def _parser_defaults(command: str) -> dict:
-    sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
-    return {a.dest: a.default for a in sub.choices[command]._actions}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -266,8 +220,6 @@ def main(argv: list[str] | None = None) -> int:
 
             return serve(args.model, args.adapter, args.merged, args.host, args.port, args.api_key,
                          args.max_model_len, args.name, args.engine, passthrough)
-        if args.command == "eval":
-            return _eval_command(args)
         if args.command == "report":
             from llmkit.report import write_report
 

