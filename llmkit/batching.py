@@ -1,0 +1,215 @@
+"""Batches that carry (almost) no padding, for the SFT and DPO stages, and the speed levers
+chosen per device.
+
+How each method keeps sequences apart, and what it changes:
+
+  length-grouped batches  (`train_sampling_strategy: group_by_length`; llmkit's default on a CPU,
+      and on a GPU without FlashAttention, for SFT and DPO)
+      Each epoch the rows are shuffled (seed + epoch), cut into mega-batches of
+      MEGABATCH_BATCHES batches, sorted by length inside each mega-batch, cut into batches,
+      and the batches are shuffled again, so that long and short batches alternate over the
+      epoch (transformers' LengthGroupedSampler orders every mega-batch longest first and
+      cannot read DPO's columns). Every row is still one padded row of its own batch: the
+      attention mask keeps sequences apart with any attention implementation. Rows per step,
+      optimizer steps per epoch and the loss of each step (TRL's mean over the step's loss
+      tokens) are computed as before; what changes is which rows share a step, so across an
+      epoch a token of a short row weighs a little more than in random batches (a step of
+      short rows has fewer loss tokens). Held-out loss is evaluated in the same order as
+      before (sequential batches). Resume: the order depends only on the seed and the epoch.
+
+  padding-free packing  (`packing: true`, `packing_strategy: bfd`; llmkit's SFT default on a
+      GPU with a FlashAttention implementation)
+      TRL packs whole rows (best-fit decreasing, none split) into rows of max_length and
+      flattens each batch into one row with per-sequence position_ids and cu_seq_lens, which
+      FlashAttention's varlen kernel keeps apart. A packed row holds several examples, so
+      llmkit shrinks the per-device batch by the packing ratio (rows after / rows before
+      packing) to keep about the same examples per step and optimizer steps per epoch.
+      With SDPA or eager attention transformers (5.19, masking_utils.find_packed_sequence_indices)
+      builds a block-diagonal causal mask from the position_ids, which is also correct but
+      costs attention over the whole packed row: tests/test_packing.py checks both.
+
+DPO: TRL 1.16 turned DPO's padding_free off ("temporarily unavailable"), so DPO groups by
+length on every device; the length of a pair is its longer sequence (prompt + chosen or prompt
++ rejected), since TRL pads both halves of the batch to one length.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+# llmkit's batching defaults (below) are on; False: TRL's (random, padded batches) unless a recipe sets them
+DEFAULT_ON = False
+# batches per mega-batch: rows are sorted by length within MEGABATCH_BATCHES * batch rows
+MEGABATCH_BATCHES = 50
+GROUP = "group_by_length"
+FLASH = ("flash_attention_2", "flash_attention_3", "flash_attention_4")
+
+
+def has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _is_flash(attn: str | None) -> bool:
+    return bool(attn) and (attn in FLASH or "flash" in attn.split("/")[-1])
+
+
+def defaults(stage: str, explicit: dict[str, Any]) -> dict[str, Any]:
+    """llmkit's batching defaults for ``stage`` ("sft" or "dpo"); the recipe's keys win.
+
+    SFT on a GPU whose attention is FlashAttention (the recipe's attn_implementation, else
+    llmkit's GPU default): padding-free BFD packing. Everywhere else (CPU; SDPA/eager/flex on a
+    GPU; every DPO run): length-grouped batches. A recipe that sets packing, padding_free or
+    train_sampling_strategy itself gets exactly what it set."""
+    if not DEFAULT_ON or any(k in explicit for k in ("packing", "padding_free", "train_sampling_strategy")):
+        return {}
+    if stage == "sft" and has_cuda():
+        from llmkit.modeling import default_attention
+
+        if _is_flash(explicit.get("attn_implementation") or default_attention()):
+            return {"packing": True, "packing_strategy": "bfd", "eval_packing": False}
+    return {"train_sampling_strategy": GROUP}
+
+
+def describe(targs) -> dict[str, Any]:
+    """The batching levers of an SFT or DPO run ({} for other stages), for the layout printed at
+    start and kept in the manifest."""
+    if type(targs).__name__ not in ("SFTConfig", "DPOConfig"):
+        return {}
+    out: dict[str, Any] = {"train_sampling_strategy": str(getattr(targs, "train_sampling_strategy", "random"))}
+    for key in ("packing", "packing_strategy", "padding_free", "torch_compile", "use_liger_kernel"):
+        if hasattr(targs, key):
+            out[key] = getattr(targs, key)
+    if not out.get("packing"):
+        out.pop("packing_strategy", None)
+    out["batches"] = ("padding-free packed" if out.get("packing") and out.get("packing_strategy") in ("bfd", "bfd_split")
+                      else "padding-free" if out.get("padding_free")
+                      else "length-grouped" if out["train_sampling_strategy"] == GROUP else "random, padded")
+    return out
+
+
+# --------------------------------------------------------------------------- lengths
+
+def row_lengths(dataset, max_length: int | None = None) -> tuple[list[int], list[float]]:
+    """(width, real tokens) of each row as the collator pads it, ``max_length`` capping both as
+    TRL truncates. SFT: ``input_ids``, both the same. DPO: the pair's longer sequence (prompt +
+    chosen or prompt + rejected: TRL pads both halves of the batch to one width), and the mean
+    of the two sequences' tokens (a pair is two rows of that width)."""
+    import pyarrow.compute as pc
+
+    cols = set(dataset.column_names)
+    tbl = dataset.with_format("arrow")[:]  # honours a shuffled/selected dataset's indices
+    cap = max_length or 10**9
+    if "input_ids" in cols:
+        width = [min(int(x), cap) for x in pc.list_value_length(tbl["input_ids"]).to_pylist()]
+        return width, [float(x) for x in width]
+    if {"prompt_ids", "chosen_ids", "rejected_ids"} <= cols:
+        p, c, r = (pc.list_value_length(tbl[k]).to_pylist() for k in ("prompt_ids", "chosen_ids", "rejected_ids"))
+        width = [min(a + max(b, d), cap) for a, b, d in zip(p, c, r)]
+        return width, [(min(a + b, cap) + min(a + d, cap)) / 2 for a, b, d in zip(p, c, r)]
+    raise ValueError(f"no token columns to group by length in {sorted(cols)}")
+
+
+def padding_fraction(width: list[int], order: list[int], batch_size: int, real: list[float] | None = None) -> float:
+    """Share of padded positions when rows are batched in ``order`` and padded to each batch's
+    widest (``real``: tokens of each row, default its width)."""
+    real = real if real is not None else width
+    tokens = positions = 0.0
+    for i in range(0, len(order), batch_size):
+        chunk = order[i : i + batch_size]
+        tokens += sum(real[j] for j in chunk)
+        positions += max(width[j] for j in chunk) * len(chunk)
+    return 1 - tokens / positions if positions else 0.0
+
+
+# --------------------------------------------------------------------------- the sampler
+
+class LengthGroupedSampler:
+    """Indices in batches of similar length, in a random order of batches (see the module doc).
+
+    A plain iterable of indices with ``set_epoch`` (transformers calls it every epoch): the order
+    is a function of ``seed`` and the epoch only, so a resumed run sees the same batches."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, megabatch_batches: int = MEGABATCH_BATCHES):
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self.lengths, self.batch_size, self.seed, self.megabatch = list(lengths), batch_size, seed, max(1, megabatch_batches)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def batches(self) -> list[list[int]]:
+        import torch
+
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        perm = torch.randperm(len(self.lengths), generator=g).tolist()
+        size = self.megabatch * self.batch_size
+        full, partial = [], []
+        for m in range(0, len(perm), size):
+            mega = sorted(perm[m : m + size], key=lambda i: self.lengths[i], reverse=True)
+            for b in range(0, len(mega), self.batch_size):
+                (full if len(mega[b : b + self.batch_size]) == self.batch_size else partial).append(mega[b : b + self.batch_size])
+        order = torch.randperm(len(full), generator=g).tolist()
+        # an incomplete batch only at the very end, so that the DataLoader's batches are exactly these groups
+        return [full[i] for i in order] + partial
+
+    def __iter__(self):
+        return iter([i for b in self.batches() for i in b])
+
+
+def install(trainer, targs, rows_before: int | None = None, stage: str = "") -> dict[str, Any]:
+    """Put llmkit's batching into a built TRL trainer; returns what it measured (for the run's
+    metrics) and prints one line about it.
+
+    group_by_length: the train sampler becomes LengthGroupedSampler over the tokenized rows;
+    evaluation keeps sequential batches (held-out loss comparable with earlier runs).
+    packing: the per-device batch shrinks by the packing ratio (rows after / ``rows_before``)."""
+    from torch.utils.data import SequentialSampler
+
+    info: dict[str, Any] = {}
+    ds = trainer.train_dataset
+    if ds is None or not hasattr(ds, "column_names"):
+        return info
+    batch = targs.per_device_train_batch_size
+    if getattr(targs, "packing", False) and rows_before:
+        new = max(1, round(batch * len(ds) / rows_before))
+        trainer._train_batch_size = new * max(1, getattr(targs, "n_gpu", 1) or 1)
+        info.update(packed_rows=len(ds), rows_before_packing=rows_before, packed_batch=new)
+        _say(stage, f"padding-free packing: {rows_before} rows in {len(ds)} packed rows; per-device batch {batch} -> {new} "
+                    "packed rows (about the same examples per step)")
+        return info
+    if str(getattr(targs, "train_sampling_strategy", "random")) != GROUP:
+        return info
+    max_length = getattr(targs, "max_length", None)
+    lengths, real = row_lengths(ds, max_length)
+    sampler = LengthGroupedSampler(lengths, batch, targs.seed)
+    random_order = random.Random(targs.seed).sample(range(len(lengths)), len(lengths))
+    info["padding_random"] = round(padding_fraction(lengths, random_order, batch, real), 4)
+    info["padding_grouped"] = round(padding_fraction(lengths, list(iter(sampler)), batch, real), 4)
+
+    def train_sampler(dataset=None):
+        if dataset is not None and dataset is not ds and len(dataset) != len(lengths):
+            return LengthGroupedSampler(row_lengths(dataset, max_length)[0], batch, targs.seed)
+        return sampler
+
+    def eval_sampler(dataset):
+        return SequentialSampler(dataset) if trainer.args.world_size <= 1 else None
+
+    trainer._get_train_sampler = train_sampler
+    trainer._get_eval_sampler = eval_sampler
+    _say(stage, f"length-grouped batches: padding {100 * info['padding_random']:.0f} % of positions in random batches -> "
+                f"{100 * info['padding_grouped']:.0f} % (epoch 1, from the rows' lengths); {batch} rows per step as before")
+    return info
+
+
+def _say(stage: str, msg: str) -> None:
+    from llmkit import runs
+
+    if runs.is_main_process():
+        print(f"llmkit {stage}: {msg}" if stage else f"llmkit: {msg}", flush=True)

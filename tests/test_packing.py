@@ -1,0 +1,232 @@
+"""Batches without padding never let sequences attend to each other (llmkit/batching.py).
+
+For each method llmkit enables by default or on a device, every sequence's logits in the batch
+equal its logits alone (1e-5, float32, CPU), and the batch's loss is the per-token mean of the
+sequences' own losses:
+  - padding-free packing: TRL's padding-free collator (one row, per-sequence position_ids, no
+    attention mask), under SDPA and eager attention (transformers builds a block-diagonal
+    causal mask from the position_ids), and the rows TRL's SFTTrainer packs with bfd;
+  - length-grouped batches: padded rows with an attention mask, and the sampler itself (every
+    row once per epoch, batches as before, less padding, the same order on resume), built into
+    real SFT and DPO trainers.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from llmkit import batching
+
+LENGTHS = (7, 19, 3, 12, 30)
+
+
+def tiny_llama(attn: str):
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    cfg = LlamaConfig(vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation=attn, dtype=torch.float32)
+    return model.eval()
+
+
+def sequences(lengths=LENGTHS) -> list[list[int]]:
+    g = torch.Generator().manual_seed(1)
+    return [torch.randint(1, 97, (n,), generator=g).tolist() for n in lengths]
+
+
+def alone(model, seq: list[int]):
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([seq])).logits[0]
+
+
+def token_losses(model, seq: list[int]) -> torch.Tensor:
+    """Cross-entropy of each predicted token of ``seq`` when it is the model's only input."""
+    logits = alone(model, seq)
+    return torch.nn.functional.cross_entropy(logits[:-1], torch.tensor(seq[1:]), reduction="none")
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_padding_free_batch_keeps_sequences_apart(attn):
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    model = tiny_llama(attn)
+    seqs = sequences()
+    batch = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)([{"input_ids": s} for s in seqs])
+    assert "attention_mask" not in batch and batch["input_ids"].shape == (1, sum(LENGTHS))
+    with torch.no_grad():  # use_cache=False, as TRL's SFTTrainer.compute_loss passes it (see the next test)
+        out = model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False)
+    start = 0
+    for s in seqs:
+        got = out.logits[0, start : start + len(s)]
+        torch.testing.assert_close(got, alone(model, s), atol=1e-5, rtol=1e-5)
+        start += len(s)
+    # the loss of the packed row: every sequence's first token carries no label (nothing before
+    # it in its own sequence), so it is the per-token mean over all sequences' own tokens
+    with torch.no_grad():
+        packed_loss = model(**batch, use_cache=False).loss
+    want = torch.cat([token_losses(model, s) for s in seqs]).mean()
+    torch.testing.assert_close(packed_loss, want, atol=1e-5, rtol=1e-5)
+
+
+def test_packed_row_mixes_sequences_without_position_ids_or_with_a_cache():
+    """The check above can fail: the same packed row with plain positions lets later sequences
+    attend to earlier ones, and so does a forward with the KV cache on (the model's default):
+    transformers 5.19 looks for packed position_ids only when there is no cache
+    (masking_utils._preprocess_mask_arguments), so padding-free batches need use_cache=False."""
+    model = tiny_llama("sdpa")
+    seqs = sequences()
+    flat = torch.tensor([sum(seqs, [])])
+    positions = torch.cat([torch.arange(n) for n in LENGTHS])[None]
+    span = slice(LENGTHS[0], LENGTHS[0] + LENGTHS[1])
+    with torch.no_grad():
+        plain = model(input_ids=flat, use_cache=False).logits[0, span]
+        cached = model(input_ids=flat, position_ids=positions).logits[0, span]
+        apart = model(input_ids=flat, position_ids=positions, use_cache=False).logits[0, span]
+    own = alone(model, seqs[1])
+    assert (plain - own).abs().max() > 1e-3
+    assert (cached - own).abs().max() > 1e-3
+    torch.testing.assert_close(apart, own, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_padded_grouped_batch_keeps_sequences_apart(attn):
+    """A length-grouped batch is an ordinary right-padded batch: the attention mask keeps rows
+    apart, padding carries no loss, and the loss is the per-token mean of the rows."""
+    model = tiny_llama(attn)
+    seqs = sequences((11, 12, 12, 9))
+    width = max(map(len, seqs))
+    ids = torch.zeros((len(seqs), width), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)], mask[i, : len(s)] = torch.tensor(s), 1
+    labels = ids.masked_fill(mask == 0, -100)
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, labels=labels)
+    for i, s in enumerate(seqs):
+        torch.testing.assert_close(out.logits[i, : len(s)], alone(model, s), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.loss, torch.cat([token_losses(model, s) for s in seqs]).mean(), atol=1e-5, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- the sampler
+
+def test_sampler_covers_every_row_once_with_less_padding():
+    rng = random.Random(0)
+    lengths = [rng.randint(5, 250) for _ in range(1003)]
+    s = batching.LengthGroupedSampler(lengths, batch_size=8, seed=42)
+    order = list(iter(s))
+    assert sorted(order) == list(range(len(lengths)))  # each row once: same rows and steps per epoch as random
+    batches = s.batches()
+    assert len(batches) == -(-len(lengths) // 8) and all(len(b) == 8 for b in batches[:-1])
+    shuffled = random.Random(1).sample(range(len(lengths)), len(lengths))
+    grouped, plain = batching.padding_fraction(lengths, order, 8), batching.padding_fraction(lengths, shuffled, 8)
+    assert grouped < 0.1 < 0.3 < plain
+    # batches of long and short rows alternate over the epoch (no longest-first curriculum)
+    firsts = [max(lengths[i] for i in b) for b in batches[:-1]]
+    half = len(firsts) // 2
+    assert abs(sum(firsts[:half]) / half - sum(firsts[half:]) / (len(firsts) - half)) < 25
+
+
+def test_sampler_order_depends_on_seed_and_epoch_only():
+    lengths = list(range(1, 300))
+    a, b = batching.LengthGroupedSampler(lengths, 4, seed=7), batching.LengthGroupedSampler(lengths, 4, seed=7)
+    torch.manual_seed(123)  # the global RNG (which a resumed run restores differently) plays no part
+    first = list(iter(a))
+    torch.manual_seed(999)
+    assert list(iter(b)) == first
+    a.set_epoch(1)
+    assert list(iter(a)) != first and sorted(iter(a)) == sorted(first)
+    assert list(iter(batching.LengthGroupedSampler(lengths, 4, seed=8))) != first
+
+
+# --------------------------------------------------------------------------- inside the real trainers
+
+def _epoch_batches(trainer):
+    return list(trainer.get_train_dataloader())
+
+
+def test_sft_trainer_grouped_batches(base_model, sft_data, tmp_path):
+    from datasets import load_dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    tok = AutoTokenizer.from_pretrained(base_model)
+    ds = load_dataset("json", data_files=str(sft_data[0]), split="train")
+    args = SFTConfig(output_dir=str(tmp_path), per_device_train_batch_size=8, max_length=64, use_cpu=True, bf16=False,
+                     report_to="none", train_sampling_strategy="group_by_length", seed=3)
+    trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(base_model), args=args, train_dataset=ds, processing_class=tok)
+    plain = _epoch_batches(trainer)  # before install: transformers' own sampler
+    info = batching.install(trainer, args, stage="sft")
+    grouped = _epoch_batches(trainer)
+    assert len(grouped) == len(plain) == -(-len(trainer.train_dataset) // 8)
+
+    def pad(batches):
+        return 1 - sum(int(b["attention_mask"].sum()) for b in batches) / sum(b["attention_mask"].numel() for b in batches)
+
+    assert pad(grouped) < 0.5 * info["padding_random"]
+    assert pad(grouped) == pytest.approx(info["padding_grouped"], abs=1e-4)
+    # same rows: the label tokens of the epoch are the same multiset
+    def tokens(batches):
+        return sorted(t for b in batches for t in b["labels"][b["labels"] != -100].tolist())
+
+    assert tokens(grouped) == tokens(plain)
+    # evaluation keeps sequential batches
+    from torch.utils.data import SequentialSampler
+
+    assert isinstance(trainer._get_eval_sampler(ds), SequentialSampler)
+
+
+def test_dpo_trainer_grouped_batches(base_model, tmp_path):
+    from conftest import DATA, read_jsonl, write_jsonl
+    from datasets import load_dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    data = write_jsonl(tmp_path / "prefs.jsonl", read_jsonl(DATA / "preferences_train.jsonl", 240))
+    tok = AutoTokenizer.from_pretrained(base_model)
+    ds = load_dataset("json", data_files=str(data), split="train")
+    args = DPOConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, max_length=64, use_cpu=True, bf16=False,
+                     report_to="none", train_sampling_strategy="group_by_length", seed=3)
+    model = AutoModelForCausalLM.from_pretrained(base_model)
+    ref = AutoModelForCausalLM.from_pretrained(base_model)
+    trainer = DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=ds, processing_class=tok)
+    info = batching.install(trainer, args, stage="dpo")
+    grouped = _epoch_batches(trainer)
+    assert len(grouped) == -(-len(trainer.train_dataset) // 8)  # TRL drops pairs whose prompt fills max_length
+    real = sum(int(b["attention_mask"].sum()) for b in grouped)
+    total = sum(b["attention_mask"].numel() for b in grouped)
+    assert 1 - real / total == pytest.approx(info["padding_grouped"], abs=1e-4)
+    assert info["padding_grouped"] < 0.6 * info["padding_random"]
+
+
+def test_sft_bfd_packed_rows_keep_sequences_apart(base_model, sft_data, tmp_path):
+    """The GPU default (bfd packing, padding-free): what TRL's SFTTrainer feeds the model. Under
+    SDPA on a CPU every packed sequence's logits equal its own; the batch shrinks by the packing
+    ratio so a step holds about as many examples as before."""
+    from datasets import load_dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    tok = AutoTokenizer.from_pretrained(base_model)
+    ds = load_dataset("json", data_files=str(sft_data[0]), split="train").select(range(120))
+    args = SFTConfig(output_dir=str(tmp_path), per_device_train_batch_size=8, max_length=128, use_cpu=True, bf16=False,
+                     report_to="none", packing=True, packing_strategy="bfd", seed=3)
+    model = AutoModelForCausalLM.from_pretrained(base_model, attn_implementation="sdpa").eval()
+    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
+    info = batching.install(trainer, args, rows_before=len(ds), stage="sft")
+    assert info["packed_rows"] < len(ds) and 1 <= info["packed_batch"] < 8
+    steps = len(trainer.get_train_dataloader())
+    assert abs(steps - len(ds) / 8) <= 0.5 * len(ds) / 8
+    batch = next(iter(trainer.get_train_dataloader()))
+    pos = batch["position_ids"][0]
+    starts = (pos == 0).nonzero().flatten().tolist() + [pos.numel()]
+    assert len(starts) > 3  # several sequences in the packed batch
+    with torch.no_grad():  # through TRL's own compute_loss (which turns the cache off)
+        loss, outputs = trainer.compute_loss(model, dict(batch), return_outputs=True)
+    out = outputs.logits[0]
+    for a, b in zip(starts[:-1], starts[1:]):
+        seq = batch["input_ids"][0, a:b].tolist()
+        torch.testing.assert_close(out[a:b], alone(model, seq), atol=1e-5, rtol=1e-5)
