@@ -79,7 +79,8 @@ def configure_library_logs(verbose: bool = False) -> str:
     number = getattr(logging, level)
     for name in LIBRARY_LOGGERS:
         logging.getLogger(name).setLevel(number)
-    logging.getLogger("bitsandbytes").setLevel(number if level in ("INFO", "DEBUG") else logging.ERROR)  # CPU kernel-hub notice on every import
+    # bitsandbytes prints a CPU kernel-hub notice on every import
+    logging.getLogger("bitsandbytes").setLevel(number if level in ("INFO", "DEBUG") else logging.ERROR)
     if level in ("INFO", "DEBUG") and not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")  # shows lm_eval's, httpx's INFO
     # libraries already imported in this process (the Python API, tests) keep their own handlers

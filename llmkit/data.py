@@ -326,10 +326,12 @@ def load_rows(specs: Any, kind: str, seed: int = 42, key: str = "datasets") -> t
             where = f"{name} {unit} {r.get('__line__', '?')}"
             got = detect_format(set(r), kind, where)
             if got != fmt:
-                raise LlmkitError(f"{where}: layout '{got}' differs from the file's '{fmt}' (as on {unit} {ref}); one file needs one layout")
+                raise LlmkitError(f"{where}: layout '{got}' differs from the file's '{fmt}' (as on {unit} {ref}); "
+                                  "one file needs one layout")
             check_row(r, fmt, where)
             if row_shape(r, fmt) != shape:
-                raise LlmkitError(f"{where}: columns/types {row_shape(r, fmt)} differ from {unit} {ref}'s {shape}; one file needs one layout")
+                raise LlmkitError(f"{where}: columns/types {row_shape(r, fmt)} differ from {unit} {ref}'s {shape}; "
+                                  "one file needs one layout")
         keep = _layout_columns(fmt, next(r for r in check if row_shape(r, fmt) == shape))
         rows = [{c: r.get(c) for c in keep} for r in rows]
         rows = _weighted(rows, float(spec.get("weight", 1.0)), seed + i)

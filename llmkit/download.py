@@ -42,18 +42,8 @@ def plan(recipe: str | Path, eval_suite: bool = False) -> tuple[list[dict[str, A
     """What ``download`` fetches for a recipe: one dict per repo and load call (kind model,
     tokenizer or dataset; repo, revision, the load arguments, which files/keys name it), and
     notes on what is skipped (local paths, run directories)."""
-    import yaml
-
     root = Path(recipe)
-    if not root.is_dir():
-        raise LlmkitError(f"{recipe}: not a recipe directory (a folder with pipeline.yaml and one YAML per stage)")
-    pipe = root / "pipeline.yaml"
-    if not pipe.is_file():
-        raise LlmkitError(f"{root} has no pipeline.yaml: not a recipe (see recipes/tiny-es)")
-    stages = (yaml.safe_load(pipe.read_text(encoding="utf-8")) or {}).get("stages") or []
-    files = [root / f"{s}.yaml" for s in stages]
-    # alternatives a user may run instead of a listed stage (sft_qlora.yaml, sft_full.yaml)
-    files += sorted(p for p in root.glob("*.yaml") if p not in files and p.name not in ("pipeline.yaml", "eval.yaml"))
+    files = _recipe_files(root)
     items: dict[tuple, dict[str, Any]] = {}
     notes: list[str] = []
 
@@ -64,45 +54,75 @@ def plan(recipe: str | Path, eval_suite: bool = False) -> tuple[list[dict[str, A
         item["used_by"].append(where)
 
     for f in files:
+        _stage_items(f, add, notes)
+    if eval_suite:
+        _eval_suite_items(root, add, notes)
+    return list(items.values()), notes
+
+
+def _recipe_files(root: Path) -> list[Path]:
+    """The recipe's stage YAMLs (pipeline.yaml's stages, then the alternatives a user may run
+    instead of a listed stage: sft_qlora.yaml, sft_full.yaml)."""
+    import yaml
+
+    if not root.is_dir():
+        raise LlmkitError(f"{root}: not a recipe directory (a folder with pipeline.yaml and one YAML per stage)")
+    pipe = root / "pipeline.yaml"
+    if not pipe.is_file():
+        raise LlmkitError(f"{root} has no pipeline.yaml: not a recipe (see recipes/tiny-es)")
+    stages = (yaml.safe_load(pipe.read_text(encoding="utf-8")) or {}).get("stages") or []
+    files = [root / f"{s}.yaml" for s in stages]
+    for f in files:
         if not f.is_file():
             raise LlmkitError(f"{pipe}: stage {f.stem!r} has no {f.name} in {root}")
-        cfg = yaml.safe_load(f.read_text(encoding="utf-8")) or {}
-        rev = cfg.get("model_revision") or cfg.get("revision")
-        for key, kind in _MODEL_KEYS.items():
-            value = cfg.get(key)
-            if not isinstance(value, str) or not value:
-                continue
-            if _is_hub_id(value, Path.cwd()):
-                add(kind, value, f"{f.name}:{key}", rev)
-            else:
-                notes.append(f"{f.name}:{key}: {value} is a local path or run directory, not fetched")
-        for key in ("datasets", "eval_datasets"):
-            for spec in cfg.get(key) or []:
-                spec = {"path": spec} if isinstance(spec, str) else dict(spec)
-                path = str(spec.get("path", ""))
-                from llmkit.data import _is_local
+    return files + sorted(p for p in root.glob("*.yaml") if p not in files and p.name not in ("pipeline.yaml", "eval.yaml"))
 
-                if _is_local(spec) or not _is_hub_id(path, Path.cwd()):
-                    notes.append(f"{f.name}:{key}: {path} is a local file, not fetched")
-                    continue
-                # the call llmkit.data.load_source makes
-                load = {"path": path, "name": spec.get("name"), "split": spec.get("split", "train"),
-                        "data_files": spec.get("data_files")}
-                add("dataset", path, f"{f.name}:{key}", None, load)  # load_source passes no revision
-    if eval_suite:
-        ev = root / "eval.yaml"
-        if not ev.is_file():
-            raise LlmkitError(f"{root} has no eval.yaml, which --eval reads (see recipes/tiny-es/eval.yaml)")
-        ecfg = yaml.safe_load(ev.read_text(encoding="utf-8")) or {}
-        if ecfg.get("data_dir"):
-            notes.append(f"eval.yaml: data_dir {ecfg['data_dir']}: the tasks read local copies, nothing fetched")
+
+def _stage_items(f: Path, add, notes: list[str]) -> None:
+    """The hub models, tokenizers and datasets one stage YAML names."""
+    import yaml
+
+    from llmkit.data import _is_local
+
+    cfg = yaml.safe_load(f.read_text(encoding="utf-8")) or {}
+    rev = cfg.get("model_revision") or cfg.get("revision")
+    for key, kind in _MODEL_KEYS.items():
+        value = cfg.get(key)
+        if not isinstance(value, str) or not value:
+            continue
+        if _is_hub_id(value, Path.cwd()):
+            add(kind, value, f"{f.name}:{key}", rev)
         else:
-            for it in eval_items(str(ecfg.get("tasks", "es"))):
-                add(**it)
-        for key, kind in _MODEL_KEYS.items():
-            if isinstance(ecfg.get(key), str) and _is_hub_id(ecfg[key], Path.cwd()):
-                add(kind, ecfg[key], f"eval.yaml:{key}")
-    return list(items.values()), notes
+            notes.append(f"{f.name}:{key}: {value} is a local path or run directory, not fetched")
+    for key in ("datasets", "eval_datasets"):
+        for spec in cfg.get(key) or []:
+            spec = {"path": spec} if isinstance(spec, str) else dict(spec)
+            path = str(spec.get("path", ""))
+            if _is_local(spec) or not _is_hub_id(path, Path.cwd()):
+                notes.append(f"{f.name}:{key}: {path} is a local file, not fetched")
+                continue
+            # the call llmkit.data.load_source makes
+            load = {"path": path, "name": spec.get("name"), "split": spec.get("split", "train"),
+                    "data_files": spec.get("data_files")}
+            add("dataset", path, f"{f.name}:{key}", None, load)  # load_source passes no revision
+
+
+def _eval_suite_items(root: Path, add, notes: list[str]) -> None:
+    """The hub datasets of the tasks the recipe's eval.yaml names (--eval), and any hub model it names."""
+    import yaml
+
+    ev = root / "eval.yaml"
+    if not ev.is_file():
+        raise LlmkitError(f"{root} has no eval.yaml, which --eval reads (see recipes/tiny-es/eval.yaml)")
+    ecfg = yaml.safe_load(ev.read_text(encoding="utf-8")) or {}
+    if ecfg.get("data_dir"):
+        notes.append(f"eval.yaml: data_dir {ecfg['data_dir']}: the tasks read local copies, nothing fetched")
+    else:
+        for it in eval_items(str(ecfg.get("tasks", "es"))):
+            add(**it)
+    for key, kind in _MODEL_KEYS.items():
+        if isinstance(ecfg.get(key), str) and _is_hub_id(ecfg[key], Path.cwd()):
+            add(kind, ecfg[key], f"eval.yaml:{key}")
 
 
 def eval_items(tasks: str) -> list[dict[str, Any]]:

@@ -161,7 +161,8 @@ def _modules(tensors: dict[str, Any]) -> dict[str, tuple[str, Any, Any]]:
     linear layers (``lora_A.weight``) and "embedding_" for embeddings (``lora_embedding_A``)."""
     out: dict[str, tuple[str, Any, Any]] = {}
     for key, a in tensors.items():
-        for kind, a_suffix, b_suffix in (("", ".lora_A.weight", ".lora_B.weight"), ("embedding_", ".lora_embedding_A", ".lora_embedding_B")):
+        for kind, a_suffix, b_suffix in (("", ".lora_A.weight", ".lora_B.weight"),
+                                         ("embedding_", ".lora_embedding_A", ".lora_embedding_B")):
             if key.endswith(a_suffix):
                 name = key[: -len(a_suffix)]
                 b = tensors.get(name + b_suffix)

@@ -173,7 +173,8 @@ def check_lora_targets(model, lora, source: str) -> None:
         import torch
 
         linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
-        raise LlmkitError(f"{source}: lora_target_modules {missing} match no module of the model; linear layers are: {', '.join(linear)} (or use all-linear)")
+        raise LlmkitError(f"{source}: lora_target_modules {missing} match no module of the model; "
+                          f"linear layers are: {', '.join(linear)} (or use all-linear)")
 
 
 def default_attention() -> str:
@@ -276,14 +277,27 @@ def _first_line(exc: BaseException) -> str:
     return s.splitlines()[0] if s else type(exc).__name__
 
 
+def merge_lora(adapter: str | Path, model_cls=None, **load_kwargs):
+    """The one merge: the LoRA run ADAPTER loaded over its base (``model_cls``, default
+    AutoModelForCausalLM, ``from_pretrained(base, **load_kwargs)``) and folded into it
+    (``merge_and_unload``). `llmkit merge`, the stages that start from a LoRA run (load_merged)
+    and the merged copy serve and eval use (serving.merged_copy, through merge_adapter_run)
+    all merge here."""
+    from peft import PeftConfig, PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = (model_cls or AutoModelForCausalLM).from_pretrained(adapter_base(str(adapter)), **load_kwargs)
+    adapter_cfg = PeftConfig.from_pretrained(str(adapter))
+    adapter_cfg.task_type = None  # a causal-LM adapter also applies to the same backbone under another head
+    return PeftModel.from_pretrained(base, str(adapter), config=adapter_cfg).merge_and_unload()
+
+
 def merge_adapter_run(adapter: str, output_dir: str, dtype: str = "bfloat16", overwrite: bool = False) -> Path:
     """`llmkit merge`: fold a LoRA run into its base weights and save a standalone model run."""
     import time
     from dataclasses import dataclass
 
     import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
     from llmkit import progress, runs
     from llmkit.config import StageConfig
@@ -302,14 +316,12 @@ def merge_adapter_run(adapter: str, output_dir: str, dtype: str = "bfloat16", ov
     base = adapter_base(adapter)
     check_model_source(base, f"base model of {adapter}")
     runs.check_output_dir(output_dir, overwrite)
-    cfg = StageConfig(args=[MergeArgs(adapter, output_dir, dtype)], explicit={"adapter": adapter, "output_dir": output_dir, "dtype": dtype}, source="llmkit merge")
+    explicit = {"adapter": adapter, "output_dir": output_dir, "dtype": dtype}
+    cfg = StageConfig(args=[MergeArgs(adapter, output_dir, dtype)], explicit=explicit, source="llmkit merge")
     staging = runs.open_staging(output_dir, cfg, "merge", overwrite)
-    with progress.bar(4, f"llmkit merge: {adapter} into its base", unit="step") as bar:
-        bar.set_postfix_str("loading the base")
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype))
-        bar.update()
-        bar.set_postfix_str("merging the adapter")
-        merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    with progress.bar(3, f"llmkit merge: {adapter} into its base", unit="step") as bar:
+        bar.set_postfix_str("loading the base and merging the adapter")
+        merged = merge_lora(adapter, dtype=getattr(torch, dtype))
         bar.update()
         bar.set_postfix_str("saving")
         merged.save_pretrained(staging)
@@ -343,13 +355,7 @@ def load_merged(model_args, trust_remote_code: bool = False, model_cls=None, **e
         raise LlmkitError(f"{path} is a LoRA run: merge it first (`llmkit merge {path} --output_dir ...`) to train on it in 4/8 bit")
     try:
         if is_adapter_dir(path):
-            from peft import PeftConfig, PeftModel
-
-            base = model_cls.from_pretrained(adapter_base(path), **kwargs, **extra)
-            adapter_cfg = PeftConfig.from_pretrained(path)
-            adapter_cfg.task_type = None  # a causal-LM adapter also applies to the same backbone under another head
-            merged = PeftModel.from_pretrained(base, path, config=adapter_cfg).merge_and_unload()
-            return merged.requires_grad_(True)  # PEFT froze the base weights while loading
+            return merge_lora(path, model_cls, **kwargs, **extra).requires_grad_(True)  # PEFT froze the base weights
         return model_cls.from_pretrained(path, **kwargs, **extra)
     except (OSError, ValueError) as exc:
         raise LlmkitError(f"cannot load model {path}: {_first_line(exc)}") from None

@@ -110,7 +110,8 @@ def run_recipe(recipe: str | Path, force: bool = False, from_stage: str | None =
     for name, ds in deps.items():
         late = sorted(d for d in ds if order[d] > order[name])
         if late:
-            raise LlmkitError(f"{recipe}/pipeline.yaml: stage {name} reads the output of {', '.join(late)}, listed after it; reorder the stages")
+            raise LlmkitError(f"{recipe}/pipeline.yaml: stage {name} reads the output of {', '.join(late)}, listed after it; "
+                              "reorder the stages")
     outs = {s["name"]: str(Path(_output_dir(cfg))) for s, _, cfg in loaded}
     finished: dict[str, str] = {}  # stage name -> finished_at of its run as it stands now
     ran: set[str] = set()
@@ -148,16 +149,18 @@ def run_recipe(recipe: str | Path, force: bool = False, from_stage: str | None =
 
 def _row(s: dict[str, Any], status: str, manifest: dict[str, Any] | None, out: str) -> dict[str, Any]:
     m = manifest or {}
-    return {"stage": s["name"], "status": status, "wall_time_s": m.get("wall_time_s"), "steps": m.get("steps"), "metrics": m.get("metrics", {}),
+    return {"stage": s["name"], "status": status, "wall_time_s": m.get("wall_time_s"), "steps": m.get("steps"),
+            "metrics": m.get("metrics", {}),
             "summary": manifest_summary(m, s["stage"]), "output_dir": out}
 
 
 def summary_text(row: dict[str, Any]) -> str:
-    """``preference accuracy 0.890 -> 0.920`` (or just the value when there is no "before")."""
+    """``preference accuracy 0.890 → 0.920`` (or just the value when there is no "before"), as
+    the report card writes it."""
     def fmt(v: Any) -> str:
         return f"{v:.3g}" if isinstance(v, float) else str(v)
 
-    before = f"{fmt(row['before'])} -> " if row.get("before") is not None else ""
+    before = f"{fmt(row['before'])} → " if row.get("before") is not None else ""
     return f"{row['label']} {before}{fmt(row['after'])}"
 
 

@@ -171,7 +171,8 @@ def to_markdown(card: dict[str, Any]) -> str:
             out += ["", "| prompt | before | after |" + (" expected |" if any(x["reference"] for x in s["samples"]) else ""),
                     "|---|---|---|" + ("---|" if any(x["reference"] for x in s["samples"]) else "")]
             for x in s["samples"]:
-                cells = [x["prompt"], x["before"] or "–", x["after"] or "–"] + ([x["reference"] or ""] if any(y["reference"] for y in s["samples"]) else [])
+                with_reference = any(y["reference"] for y in s["samples"])
+                cells = [x["prompt"], x["before"] or "–", x["after"] or "–"] + ([x["reference"] or ""] if with_reference else [])
                 out.append("| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ")[:160] for c in cells) + " |")
         out.append("")
     if card["compare"]["md"]:
@@ -181,7 +182,8 @@ def to_markdown(card: dict[str, Any]) -> str:
 
 _CSS = ("body{font:15px/1.5 system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}"
         "table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left;vertical-align:top}"
-        "th{background:#f3f3f3}td:nth-child(2){white-space:nowrap}img{max-width:100%;border:1px solid #eee}code{background:#f5f5f5;padding:0 .2em}"
+        "th{background:#f3f3f3}td:nth-child(2){white-space:nowrap}img{max-width:100%;border:1px solid #eee}"
+        "code{background:#f5f5f5;padding:0 .2em}"
         "section{border-top:1px solid #ddd;margin-top:1.5em}.small{color:#666;font-size:13px}")
 
 
@@ -214,7 +216,8 @@ def to_html(card: dict[str, Any]) -> str:
         if len(s["lineage"]) > 1:
             parts.append("<p class='small'>Trained on: " + " → ".join(f"<code>{e(p)}</code>" for p in s["lineage"][:-1]) + "</p>")
         if s["summary"]:
-            parts.append(_table(["held-out", "before", "after"], [[r["label"], _fmt(r["before"], r.get("metric")), _fmt(r["after"], r.get("metric"))] for r in s["summary"]]))
+            rows = [[r["label"], _fmt(r["before"], r.get("metric")), _fmt(r["after"], r.get("metric"))] for r in s["summary"]]
+            parts.append(_table(["held-out", "before", "after"], rows))
         parts += [_img(p) for p in s["pictures"]]
         if s["samples"]:
             ref = any(x["reference"] for x in s["samples"])

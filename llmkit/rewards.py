@@ -69,7 +69,8 @@ _NUM_WORDS = {w: i for i, w in enumerate(_UNITS)} | _TENS | _HUNDREDS | {"un": 1
 _NUM_WORDS |= {w[:-2] + "as": v for w, v in _HUNDREDS.items() if w.endswith("os")}  # doscientas ...
 _MULTIPLIERS = {"mil": 1000, "millon": 10**6, "millones": 10**6}
 _BOXED, _SPACES, _TOKEN = re.compile(r"\\boxed\s*\{"), re.compile(r"\s*"), re.compile(r"\S+")
-_PHRASE = r"(?:\b(?:la|mi)\s+)?\brespuesta(?:\s+(?:final|correcta))?\s*(?:\*\*|__)?\s*(?:\bes\b|:|=)(?:\s*(?:\*\*)?\s*(?::|\bde\b|\bigual\s+a\b|=))?"
+_PHRASE = (r"(?:\b(?:la|mi)\s+)?\brespuesta(?:\s+(?:final|correcta))?\s*(?:\*\*|__)?\s*(?:\bes\b|:|=)"
+           r"(?:\s*(?:\*\*)?\s*(?::|\bde\b|\bigual\s+a\b|=))?")
 _PHRASE_RE, _PHRASE_AT_END = re.compile(_PHRASE, re.I), re.compile(_PHRASE + r"[\s*$(\[\\]*$", re.I)
 
 
@@ -211,7 +212,8 @@ def _same(x: float | None, ref: Any) -> bool:
         ref = parse_spanish_number(ref) if isinstance(ref, str) else None if ref is None or isinstance(ref, bool) else float(ref)
     except (TypeError, ValueError, OverflowError):
         return False
-    return x is not None and ref is not None and math.isfinite(x) and math.isfinite(ref) and math.isclose(x, ref, rel_tol=1e-9, abs_tol=1e-6)
+    return (x is not None and ref is not None and math.isfinite(x) and math.isfinite(ref)
+            and math.isclose(x, ref, rel_tol=1e-9, abs_tol=1e-6))
 
 
 def math_accuracy_reward(prompts=None, completions=None, **kwargs) -> list[float]:
@@ -280,7 +282,8 @@ def length_reward(prompts=None, completions=None, **kwargs) -> list[float]:
     return [_length_score(len(completion_text(c).split()), lo, hi) for c, lo, hi in zip(completions, los, his)]
 
 
-REWARDS: dict[str, Callable] = {"math_accuracy": math_accuracy_reward, "format": format_reward, "spanish": spanish_reward, "length": length_reward}
+REWARDS: dict[str, Callable] = {"math_accuracy": math_accuracy_reward, "format": format_reward, "spanish": spanish_reward,
+                                "length": length_reward}
 
 
 def get_reward_functions(names: list[str]) -> list[Callable]:

@@ -327,7 +327,8 @@ def _finalized(staging: Path) -> bool:
     """A staging directory finalize() completed: its manifest is written and agrees with the
     staging mark (same stage and config) that finalize() removes only after the rename."""
     manifest, mark = read_manifest(staging), _read_json(staging / STAGING_MARK)
-    return bool(manifest and isinstance(mark, dict) and (manifest.get("stage"), manifest.get("config_hash")) == (mark.get("stage"), mark.get("config_hash")))
+    return bool(manifest and isinstance(mark, dict)
+                and (manifest.get("stage"), manifest.get("config_hash")) == (mark.get("stage"), mark.get("config_hash")))
 
 
 def recover(output_dir: str | Path) -> None:
@@ -362,7 +363,8 @@ def _recover(out: Path, staging: Path) -> None:
             print(f"llmkit: {staging} was a finished run stopped while moving into place: moved to {out}", flush=True)
         elif old:
             old[-1].rename(out)
-            print(f"llmkit: the run replaced with --overwrite was stopped half way; restored the previous run {old[-1]} to {out}", flush=True)
+            print(f"llmkit: the run replaced with --overwrite was stopped half way; restored the previous run {old[-1]} to {out}",
+                  flush=True)
     if out.is_dir() and read_manifest(out) is not None:
         (out / STAGING_MARK).unlink(missing_ok=True)
         for p in _replaced_runs(out):

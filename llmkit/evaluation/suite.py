@@ -211,7 +211,8 @@ HUB_SOURCES: dict[str, HubSource] = {
                 "file layout assumed"),
     "xstorycloze_es": HubSource(
         "juletxara/xstory_cloze", "juletxara/xstory_cloze", None, revision=PARQUET,
-        data_files={"train": "es/train/*.parquet", "eval": "es/eval/*.parquet"}, licence="CC BY 4.0 (XStoryCloze release, assumed for this copy)",
+        data_files={"train": "es/train/*.parquet", "eval": "es/eval/*.parquet"},
+        licence="CC BY 4.0 (XStoryCloze release, assumed for this copy)",
         checked="lm-eval YAML (juletxara/xstory_cloze, es, train/eval); a loading script on main and the "
                 "viewer's es/<split>/0000.parquet conversion assumed, not verified"),
     "belebele_spa_Latn": HubSource(

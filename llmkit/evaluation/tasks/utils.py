@@ -29,7 +29,6 @@ from llmkit.evaluation import metrics
 # ClassLabel order of the hub's conll2002 ``ner_tags``.
 CONLL_TAGS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC")
 MLDOC_LABELS = ("CCAT", "ECAT", "GCAT", "MCAT")
-STS_CHOICES = ("0", "1", "2", "3", "4", "5")
 
 _NO_SPACE_BEFORE = frozenset(",.;:!?)]}»%")
 _NO_SPACE_AFTER = frozenset("([{¿¡«")
