@@ -208,8 +208,12 @@ def install_probes(rec: dict) -> None:
             metrics = getattr(rec.get("_trainer"), "_metrics", None)
             if isinstance(metrics, dict) and metrics.get("train", {}).get("reward"):
                 rec["last_reward"] = float(metrics["train"]["reward"][-1])
-            rec["steps"].append((time.perf_counter(), rec["tokens"], rec["padded_tokens"], rec["eval_s"]))
+            rec["steps"].append((time.perf_counter(), rec["tokens"], rec["padded_tokens"], rec["eval_s"], time.process_time()))
             rec["rss_max_sampled"] = max(rec["rss_max_sampled"], _proc_status("VmRSS") or 0)
+
+        def on_evaluate(self, args, state, control, metrics=None, **kw):
+            if metrics and "eval_loss" in metrics and state.global_step >= (state.max_steps or 0) > 0:
+                rec["heldout_loss"] = float(metrics["eval_loss"])  # the evaluation after the last step
 
         def on_train_end(self, args, state, control, **kw):
             rec["t_train_end"] = time.perf_counter()
@@ -228,7 +232,8 @@ def install_probes(rec: dict) -> None:
         rec["args"] = {k: str(getattr(self.args, k, None)) for k in (
             "per_device_train_batch_size", "learning_rate", "max_steps", "logging_steps", "eval_strategy", "eval_steps",
             "save_steps", "include_num_input_tokens_seen", "gradient_checkpointing", "bf16", "use_cpu", "packing",
-            "padding_free", "max_length", "warmup_steps", "lr_scheduler_type", "weight_decay", "optim", "report_to",
+            "padding_free", "packing_strategy", "train_sampling_strategy", "torch_compile", "max_length", "warmup_steps",
+            "lr_scheduler_type", "weight_decay", "optim", "report_to",
             "num_generations", "max_completion_length", "beta", "loss_type", "assistant_only_loss", "completion_only_loss")}
         rec["trainable_parameters"] = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         rec["callbacks"] = [type(c).__name__ for c in self.callback_handler.callbacks]
@@ -263,14 +268,15 @@ def install_probes(rec: dict) -> None:
 def summarize(rec: dict) -> dict:
     steps = rec["steps"]
     out = {k: rec.get(k) for k in ("side", "task", "trainer", "args", "callbacks", "trainable_parameters", "global_step",
-                                    "last_loss", "last_reward", "evals_in_loop", "hwm_reset", "exit", "torch_threads")}
+                                    "last_loss", "last_reward", "evals_in_loop", "hwm_reset", "exit", "torch_threads",
+                                    "heldout_loss", "variant", "batching")}
     mib = 1024 * 1024
     out["peak_train_mib"] = round(rec["rss_train_peak"] / mib, 1) if rec.get("rss_train_peak") else None
     out["rss_train_start_mib"] = round(rec["rss_train_start"] / mib, 1) if rec.get("rss_train_start") else None
     out["peak_process_mib"] = round(rec["ru_maxrss_kib"] / 1024, 1)
     out["total_s"] = round(rec["total_s"], 2)
     if len(steps) >= 2:
-        (t1, n1, p1, e1), (tn, nn, pn, en) = steps[0], steps[-1]
+        (t1, n1, p1, e1, c1), (tn, nn, pn, en, cn) = steps[0], steps[-1]
         dt = tn - t1
         out["measured_steps"] = len(steps) - 1
         out["measured_s"] = round(dt, 3)
@@ -282,6 +288,8 @@ def summarize(rec: dict) -> dict:
         out["tokens_per_step"] = round((nn - n1) / (len(steps) - 1), 1)
         out["tokens_per_s"] = round((nn - n1) / dt, 1) if dt > 0 else None
         out["positions_per_s"] = round((pn - p1) / dt, 1) if dt > 0 else None
+        out["cpu_s"] = round(cn - c1, 3)  # CPU time of the process over the same steps: what a busy machine distorts least
+        out["tokens_per_cpu_s"] = round((nn - n1) / (cn - c1), 1) if cn > c1 else None
         out["eval_in_loop_s"] = round(en - e1, 3)
         out["step_s"] = [round(b[0] - a[0], 3) for a, b in zip([(rec["t_train_begin"],)] + steps[:-1], steps)]
     if rec.get("t_train_end") and rec.get("t_train_begin"):
@@ -296,8 +304,8 @@ def summarize(rec: dict) -> dict:
 def child(spec_json: str) -> int:
     spec = json.loads(spec_json)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    rec = {"side": spec["side"], "task": spec["task"], "steps": [], "tokens": 0, "padded_tokens": 0, "eval_s": 0.0,
-           "evals_in_loop": 0, "in_train": False}
+    rec = {"side": spec["side"], "task": spec["task"], "variant": spec.get("variant"), "steps": [], "tokens": 0,
+           "padded_tokens": 0, "eval_s": 0.0, "evals_in_loop": 0, "in_train": False}
     t0 = time.perf_counter()
     install_probes(rec)
     import torch
@@ -309,6 +317,15 @@ def child(spec_json: str) -> int:
         from llmkit.cli import main
 
         rec["exit"] = main(spec["argv"])
+        manifest = Path(spec["out"]) / "manifest.json"
+        if manifest.is_file():  # what the stage chose and measured about its batches
+            m = json.loads(manifest.read_text())
+            metrics, layout = m.get("metrics", {}), m.get("layout", {})
+            rec["batching"] = {**{k: layout[k] for k in ("batches", "train_sampling_strategy", "packing", "torch_compile")
+                                  if k in layout},
+                               **{k: metrics[k] for k in ("padding_random", "padding_grouped", "packed_batch") if k in metrics}}
+            if rec.get("heldout_loss") is None and metrics.get("eval_loss") is not None:
+                rec["heldout_loss"] = float(metrics["eval_loss"])
     else:
         import runpy
 
@@ -322,26 +339,66 @@ def child(spec_json: str) -> int:
     return 0 if rec["exit"] == 0 else 1
 
 
+# --------------------------------------------------------------------------- levers
+
+# lever -> (tasks it applies to, llmkit overrides that turn it on, overrides that turn it off). The
+# llmkit row of a task runs llmkit's defaults; each lever adds the row with it in the other state.
+LEVERS = {
+    "group_by_length": (("sft_full", "sft_lora", "dpo"), ["--train_sampling_strategy", "group_by_length"],
+                        ["--train_sampling_strategy", "random"]),
+    "packing": (("sft_full", "sft_lora"), ["--packing", "true", "--packing_strategy", "bfd", "--train_sampling_strategy", "random"],
+                ["--packing", "false"]),
+    "torch_compile": (("sft_full", "sft_lora", "dpo"), ["--torch_compile", "true"], ["--torch_compile", "false"]),
+}
+DEFAULT_LEVERS = "group_by_length,packing"
+
+
+def lever_default(lever: str, task: str) -> bool:
+    """Whether llmkit turns ``lever`` on by default for ``task`` on this machine."""
+    from llmkit import batching
+
+    d = batching.defaults(TASKS[task][0], {})
+    if lever == "group_by_length":
+        return d.get("train_sampling_strategy") == batching.GROUP
+    if lever == "packing":
+        return bool(d.get("packing"))
+    return bool(d.get(lever))
+
+
+def variants(task: str, levers: list[str]) -> list[tuple[str, list[str]]]:
+    """(side name, extra llmkit overrides): llmkit's defaults first, then one row per lever in
+    the state llmkit does not choose by default."""
+    out = [("llmkit", [])]
+    for lever in levers:
+        tasks, on, off = LEVERS[lever]
+        if task in tasks:
+            state = not lever_default(lever, task)
+            out.append((f"llmkit {lever}={'on' if state else 'off'}", on if state else off))
+    return out
+
+
 # --------------------------------------------------------------------------- parent
 
 def run_side(side: str, task: str, model: Path, steps: int, log_dir: Path, threads: int | None = None,
              llmkit_extra: list[str] | None = None) -> dict:
-    out = WORK / "runs" / f"{task}-{side}"
+    slug = side.replace(" ", "-").replace("=", "-")
+    out = WORK / "runs" / f"{task}-{slug}"
     for p in (out, Path(f"{out}.partial")):  # never resume an earlier run's checkpoint
         shutil.rmtree(p, ignore_errors=True)
-    result = log_dir / f"{task}-{side}.json"
+    result = log_dir / f"{task}-{slug}.json"
     result.unlink(missing_ok=True)
-    if side == "llmkit":
-        spec = {"side": side, "task": task, "argv": llmkit_argv(task, model, out, steps) + list(llmkit_extra or [])}
+    if side.startswith("llmkit"):
+        spec = {"side": "llmkit", "variant": side, "task": task, "out": str(out),
+                "argv": llmkit_argv(task, model, out, steps) + list(llmkit_extra or [])}
     else:
         script = BASELINES / TASKS[task][1]
-        spec = {"side": side, "task": task, "script": str(script), "argv": trl_argv(task, model, out, steps)}
+        spec = {"side": side, "variant": side, "task": task, "script": str(script), "argv": trl_argv(task, model, out, steps)}
     spec["result"] = str(result)
     spec["threads"] = threads
     threads_env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {}
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep), **threads_env}
-    log = log_dir / f"{task}-{side}.log"
+    log = log_dir / f"{task}-{slug}.log"
     t = time.perf_counter()
     with open(log, "w") as fh:
         proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)], cwd=REPO, env=env,
@@ -361,32 +418,57 @@ def _median(rows: list[dict], key: str):
     return statistics.median(vals) if vals else None
 
 
+def _spread(rows: list[dict], key: str) -> list | None:
+    vals = [r[key] for r in rows if r.get(key) is not None]
+    return [min(vals), statistics.median(vals), max(vals)] if vals else None
+
+
 def verdict(ratio: float | None, band: float) -> str:
     if ratio is None:
         return "?"
     return "faster" if ratio > 1 + band else ("slower" if ratio < 1 - band else "same")
 
 
-def compare(task: str, runs: dict[str, list[dict]], band: float) -> dict:
-    side = {}
-    for s in ("llmkit", "trl"):
-        rows = runs[s]
-        side[s] = {"tokens_per_s": _median(rows, "tokens_per_s"), "positions_per_s": _median(rows, "positions_per_s"),
-                   "peak_train_mib": _median(rows, "peak_train_mib"),
-                   "peak_process_mib": _median(rows, "peak_process_mib"), "s_per_step": _median(rows, "s_per_step"),
-                   "tokens_per_step": _median(rows, "tokens_per_step"), "padding_fraction": _median(rows, "padding_fraction"),
-                   "last_loss": rows[-1].get("last_loss"), "last_reward": rows[-1].get("last_reward"),
-                   "total_s": _median(rows, "total_s"), "outside_loop_s": _median(rows, "outside_loop_s"),
-                   "loop_tail_s": _median(rows, "loop_tail_s"), "eval_at_end_s": _median(rows, "eval_at_end_s"),
-                   "eval_in_loop_s": _median(rows, "eval_in_loop_s"), "runs": rows}
-    lk, tr = side["llmkit"], side["trl"]
-    ratio = lambda a, b: round(a / b, 3) if a and b else None  # noqa: E731
-    return {"task": task, "llmkit": lk, "trl": tr,
-            "tokens_per_s_ratio": ratio(lk["tokens_per_s"], tr["tokens_per_s"]),
-            "positions_per_s_ratio": ratio(lk["positions_per_s"], tr["positions_per_s"]),
-            "peak_train_mib_ratio": ratio(lk["peak_train_mib"], tr["peak_train_mib"]),
-            "peak_process_mib_ratio": ratio(lk["peak_process_mib"], tr["peak_process_mib"]),
-            "speed": verdict(ratio(lk["tokens_per_s"], tr["tokens_per_s"]), band)}
+MEDIANS = ("tokens_per_s", "tokens_per_cpu_s", "positions_per_s", "peak_train_mib", "peak_process_mib", "s_per_step", "tokens_per_step",
+           "padding_fraction", "total_s", "outside_loop_s", "loop_tail_s", "eval_at_end_s", "eval_in_loop_s", "heldout_loss")
+
+
+def side_summary(rows: list[dict]) -> dict:
+    out = {k: _median(rows, k) for k in MEDIANS}
+    out.update(tokens_per_s_spread=_spread(rows, "tokens_per_s"), heldout_loss_spread=_spread(rows, "heldout_loss"),
+               last_loss=rows[-1].get("last_loss"), last_reward=rows[-1].get("last_reward"),
+               batching=rows[-1].get("batching"), runs=rows)
+    return out
+
+
+def _ratio(a, b):
+    return round(a / b, 3) if a and b else None
+
+
+def compare(task: str, runs: dict[str, list[dict]], band: float, loss_tolerance: float = 0.03) -> dict:
+    """One task: every side's medians (min/median/max of tokens/s), llmkit's rows against TRL, and
+    each lever row's held-out loss against llmkit's default row (within ``loss_tolerance``, relative)."""
+    sides = {name: side_summary(rows) for name, rows in runs.items()}
+    tr, lk = sides["trl"], sides["llmkit"]
+    rows = []
+    for name, x in sides.items():
+        if name == "trl":
+            continue
+        ratio = _ratio(x["tokens_per_s"], tr["tokens_per_s"])
+        row = {"side": name, "tokens_per_s_ratio": ratio, "positions_per_s_ratio": _ratio(x["positions_per_s"], tr["positions_per_s"]),
+               "tokens_per_cpu_s_ratio": _ratio(x["tokens_per_cpu_s"], tr["tokens_per_cpu_s"]),
+               "cpu_vs_default": _ratio(x["tokens_per_cpu_s"], lk["tokens_per_cpu_s"]) if name != "llmkit" else None,
+               "peak_train_mib_ratio": _ratio(x["peak_train_mib"], tr["peak_train_mib"]), "speed": verdict(ratio, band),
+               "vs_default": _ratio(x["tokens_per_s"], lk["tokens_per_s"]) if name != "llmkit" else None}
+        if name != "llmkit" and x["heldout_loss"] is not None and lk["heldout_loss"] is not None:
+            rel = abs(x["heldout_loss"] - lk["heldout_loss"]) / lk["heldout_loss"]
+            row.update(heldout_loss_rel_diff=round(rel, 4), heldout_loss_within_tolerance=rel <= loss_tolerance)
+        rows.append(row)
+    main_row = rows[0]
+    return {"task": task, "sides": sides, "rows": rows, "llmkit": lk, "trl": tr,
+            "tokens_per_s_ratio": main_row["tokens_per_s_ratio"], "positions_per_s_ratio": main_row["positions_per_s_ratio"],
+            "peak_train_mib_ratio": main_row["peak_train_mib_ratio"],
+            "peak_process_mib_ratio": _ratio(lk["peak_process_mib"], tr["peak_process_mib"]), "speed": main_row["speed"]}
 
 
 def machine() -> dict:
@@ -413,34 +495,58 @@ def _versions() -> dict:
     return out
 
 
+def _f(x, nd=1):
+    return "–" if x is None else f"{x:,.{nd}f}"
+
+
+def _pad(s):
+    pf = s.get("padding_fraction")
+    return f"{_f(s['tokens_per_step'], 0)} ({_f(100 * pf, 0) if pf is not None else '–'} %)"
+
+
+def _spread_text(sp):
+    return "–" if not sp else f"{sp[0]:,.0f}–{sp[2]:,.0f}"
+
+
+def _batches(s):
+    b = s.get("batching") or {}
+    return b.get("batches", "–")
+
+
 def markdown(res: dict) -> str:
     m = res["machine"]
+    v = m.get("versions", {})
     lines = [f"Training throughput and peak memory, llmkit / plain TRL ({res['steps']} optimizer steps per run, step 1 "
-             f"excluded as warm-up; median of {res['repeats']} run(s) per side, alternating order).",
+             f"excluded as warm-up; median of {res['repeats']} run(s) per side, alternating order; min–max of tokens/s "
+             "over the runs in brackets).",
              f"Machine: {m['cpu_count']} CPU cores ({res.get('threads') or m['torch_threads']} torch threads), {m['platform']}, "
-             f"torch {m['torch']}, "
-             f"load average at start {m['load_average_at_start']}. Model: {res['model']['parameters_m']}M-parameter Llama "
+             f"torch {m['torch']}, transformers {v.get('transformers')}, TRL {v.get('trl')}, PEFT {v.get('peft')}, "
+             f"load average at start {m['load_average_at_start']}, at end {res.get('load_average_at_end')}. "
+             f"Model: {res['model']['parameters_m']}M-parameter Llama "
              f"(hidden {MODEL_SHAPE['hidden_size']}, {MODEL_SHAPE['num_hidden_layers']} layers), max_length {MAX_LENGTH}.",
              *([f"llmkit ran with extra overrides: `{res['llmkit_extra']}` (not its defaults)."] if res.get("llmkit_extra") else []),
              "",
-             "| task | llmkit tok/s | TRL tok/s | ratio | llmkit peak MiB | TRL peak MiB | ratio | llmkit tok/step (pad %) "
-             "| TRL tok/step (pad %) | ratio incl. padding | final loss llmkit / TRL |",
-             "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
-
-    def f(x, nd=1):
-        return "–" if x is None else f"{x:,.{nd}f}"
-
-    def pad(s):
-        return f"{f(s['tokens_per_step'], 0)} ({f(100 * s['padding_fraction'], 0) if s['padding_fraction'] is not None else '–'} %)"
-
+             "| task | llmkit side | batches | llmkit tok/s [min–max] | TRL tok/s [min–max] | ratio | vs llmkit default "
+             "| ratio per CPU-second (vs default) "
+             "| llmkit tok/step (pad %) | TRL tok/step (pad %) | ratio incl. padding | peak MiB llmkit / TRL "
+             "| held-out loss (Δ vs default) | final train loss llmkit / TRL |",
+             "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
     for c in res["tasks"]:
-        lk, tr = c["llmkit"], c["trl"]
-        loss = f"{f(lk['last_loss'], 3)} / {f(tr['last_loss'], 3)}"
-        if lk.get("last_reward") is not None or tr.get("last_reward") is not None:
-            loss += f" (reward {f(lk.get('last_reward'), 2)} / {f(tr.get('last_reward'), 2)})"
-        lines.append(f"| {c['task']} | {f(lk['tokens_per_s'], 0)} | {f(tr['tokens_per_s'], 0)} | **{f(c['tokens_per_s_ratio'], 2)}** "
-                     f"| {f(lk['peak_train_mib'], 0)} | {f(tr['peak_train_mib'], 0)} | **{f(c['peak_train_mib_ratio'], 2)}** "
-                     f"| {pad(lk)} | {pad(tr)} | {f(c['positions_per_s_ratio'], 2)} | {loss} |")
+        tr = c["sides"]["trl"]
+        for row in c["rows"]:
+            x = c["sides"][row["side"]]
+            loss = f"{_f(x['last_loss'], 3)} / {_f(tr['last_loss'], 3)}"
+            if x.get("last_reward") is not None or tr.get("last_reward") is not None:
+                loss += f" (reward {_f(x.get('last_reward'), 2)} / {_f(tr.get('last_reward'), 2)})"
+            held = _f(x.get("heldout_loss"), 4)
+            if row.get("heldout_loss_rel_diff") is not None:
+                held += f" ({100 * row['heldout_loss_rel_diff']:.1f} %{'' if row['heldout_loss_within_tolerance'] else ' **over**'})"
+            lines.append(
+                f"| {c['task']} | {row['side']} | {_batches(x)} | {_f(x['tokens_per_s'], 0)} [{_spread_text(x['tokens_per_s_spread'])}] "
+                f"| {_f(tr['tokens_per_s'], 0)} [{_spread_text(tr['tokens_per_s_spread'])}] | **{_f(row['tokens_per_s_ratio'], 2)}** "
+                f"| {_f(row['vs_default'], 2)} | {_f(row.get('tokens_per_cpu_s_ratio'), 2)} ({_f(row.get('cpu_vs_default'), 2)}) "
+                f"| {_pad(x)} | {_pad(tr)} | {_f(row['positions_per_s_ratio'], 2)} "
+                f"| {_f(x['peak_train_mib'], 0)} / {_f(tr['peak_train_mib'], 0)} | {held} | {loss} |")
     lines += ["", "Whole process: total wall time; of it, outside trainer.train() (loading, data preparation, llmkit's "
               "before/after evaluation and samples, saving); after the last step inside trainer.train() (end-of-training "
               "evaluation, which step-based eval strategies add, and the final checkpoint); evaluation inside the measured "
@@ -448,13 +554,17 @@ def markdown(res: dict) -> str:
               "| task | side | total s | outside train() s | after last step s (eval) | eval in measured steps s | process peak MiB |",
               "|---|---|--:|--:|--:|--:|--:|"]
     for c in res["tasks"]:
-        for name, x in (("llmkit", c["llmkit"]), ("TRL", c["trl"])):
-            lines.append(f"| {c['task']} | {name} | {f(x['total_s'])} | {f(x['outside_loop_s'])} | {f(x['loop_tail_s'])} "
-                         f"({f(x['eval_at_end_s'])}) | {f(x['eval_in_loop_s'], 1)} | {f(x['peak_process_mib'], 0)} |")
-    slower = [c["task"] for c in res["tasks"] if c["speed"] == "slower"]
-    lines += ["", f"tokens/s ratio > 1: llmkit faster; peak-memory ratio < 1: llmkit uses less. Ratios within "
-              f"±{int(res['noise_band'] * 100)} % count as the same speed. "
-              + (f"**llmkit is slower on: {', '.join(slower)}.**" if slower else "llmkit is not slower on any task.")]
+        for name, x in c["sides"].items():
+            lines.append(f"| {c['task']} | {name} | {_f(x['total_s'])} | {_f(x['outside_loop_s'])} | {_f(x['loop_tail_s'])} "
+                         f"({_f(x['eval_at_end_s'])}) | {_f(x['eval_in_loop_s'], 1)} | {_f(x['peak_process_mib'], 0)} |")
+    slower = [f"{c['task']} ({r['side']})" for c in res["tasks"] for r in c["rows"][:1] if r["speed"] == "slower"]
+    lines += ["", f"ratio > 1: llmkit faster than the plain TRL script; 'vs llmkit default': the lever row's tokens/s over "
+              f"llmkit's default row; 'per CPU-second': the same ratios of tokens per second of the process's CPU time over "
+              f"the measured steps (one torch thread: the work itself, which other processes on a busy machine distort far "
+              f"less than wall time). Ratios within ±{int(res['noise_band'] * 100)} % count as the same speed. Held-out "
+              f"loss: the stage's evaluation after the last step on its held-out split (the same rows in every llmkit row); "
+              f"Δ is relative to llmkit's default row, tolerance {100 * res.get('loss_tolerance', 0.03):.0f} %. "
+              + (f"**llmkit (defaults) is slower on: {', '.join(slower)}.**" if slower else "llmkit (defaults) is not slower on any task.")]
     busy = [x for x in (m["load_average_at_start"] or [])[:1] + (res.get("load_average_at_end") or [])[:1] if x >= 0.7]
     if busy:
         loads = ", ".join(f"{x:.1f}" for x in busy)
@@ -470,33 +580,56 @@ def markdown(res: dict) -> str:
 
 
 def plot(res: dict, png: Path) -> None:
+    """tokens/s of every llmkit row over plain TRL (bars, with the min–max of the runs as error
+    bars; diamonds: the same ratio per CPU-second) and the padding share of both sides."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = [c["task"] for c in res["tasks"]]
-    speed = [c["tokens_per_s_ratio"] or 0 for c in res["tasks"]]
-    mem = [c["peak_train_mib_ratio"] or 0 for c in res["tasks"]]
-    x = range(len(tasks))
-    w = 0.38
-    fig, ax = plt.subplots(figsize=(1.6 * len(tasks) + 2.5, 4))
-    b1 = ax.bar([i - w / 2 for i in x], speed, w, label="tokens/s (higher: llmkit faster)", color="#2b7bba")
-    b2 = ax.bar([i + w / 2 for i in x], mem, w, label="peak memory (lower: llmkit leaner)", color="#e08a2c")
-    ax.bar_label(b1, fmt="%.2f", fontsize=8)
-    ax.bar_label(b2, fmt="%.2f", fontsize=8)
+    labels, speed, cpu, err, pad_lk, pad_tr = [], [], [], [[], []], [], []
+    for c in res["tasks"]:
+        tr = c["sides"]["trl"]
+        for row in c["rows"]:
+            x = c["sides"][row["side"]]
+            labels.append(c["task"] + ("" if row["side"] == "llmkit" else "\n" + row["side"].removeprefix("llmkit ")))
+            r = row["tokens_per_s_ratio"] or 0
+            speed.append(r)
+            cpu.append(row.get("tokens_per_cpu_s_ratio"))
+            lo = hi = r
+            if x["tokens_per_s_spread"] and tr["tokens_per_s_spread"]:  # slowest llmkit over fastest TRL, and the reverse
+                lo = x["tokens_per_s_spread"][0] / tr["tokens_per_s_spread"][2]
+                hi = x["tokens_per_s_spread"][2] / tr["tokens_per_s_spread"][0]
+            err[0].append(max(0.0, r - lo))
+            err[1].append(max(0.0, hi - r))
+            pad_lk.append(100 * (x["padding_fraction"] or 0))
+            pad_tr.append(100 * (tr["padding_fraction"] or 0))
+    xs = list(range(len(labels)))
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(1.1 * len(labels) + 3, 7), sharex=True)
+    bars = ax.bar(xs, speed, 0.6, yerr=err, capsize=3, color=["#2b7bba" if "\n" not in lb else "#8fb8de" for lb in labels])
+    ax.bar_label(bars, fmt="%.2f", fontsize=8)
+    if any(v is not None for v in cpu):
+        ax.plot([i for i, v in zip(xs, cpu) if v is not None], [v for v in cpu if v is not None], "D", color="black", ms=5,
+                label="per CPU-second of the process")
     ax.axhline(1.0, color="black", lw=0.8)
-    ax.set_xticks(list(x), tasks)
-    ax.set_ylabel("llmkit / plain TRL")
-    ax.set_title(f"llmkit vs plain TRL, CPU, {res['steps']} steps per run")
+    ax.axhline(1.5, color="#2b7bba", lw=0.8, ls="--", label="goal 1.5x")
+    ax.set_ylabel("tokens/s, llmkit / plain TRL")
+    ax.set_title(f"llmkit vs plain TRL, CPU, {res['steps']} steps per run (dark: llmkit's defaults; light: one lever switched)")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
+    w = 0.38
+    ax2.bar([i - w / 2 for i in xs], pad_lk, w, label="llmkit", color="#2b7bba")
+    ax2.bar([i + w / 2 for i in xs], pad_tr, w, label="plain TRL", color="#e08a2c")
+    ax2.set_ylabel("padding, % of positions")
+    ax2.set_xticks(xs, labels, fontsize=7)
+    ax2.legend(fontsize=8)
+    ax2.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(png, dpi=120)
     plt.close(fig)
 
 
-def main() -> int:
+def _args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__.split("\n", 2)[2])
     ap.add_argument("--only", default=",".join(TASKS), help=f"comma-separated tasks (default: all of {', '.join(TASKS)})")
@@ -504,19 +637,32 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=2, help="runs per side, alternating order; medians reported (default 2)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
     ap.add_argument("--noise-band", type=float, default=0.05, help="ratio band counted as 'same speed' (default 0.05)")
+    ap.add_argument("--loss-tolerance", type=float, default=0.03,
+                    help="relative held-out loss difference of a lever row from llmkit's default row that still counts as "
+                         "the same training (default 0.03)")
+    ap.add_argument("--levers", default=DEFAULT_LEVERS,
+                    help=f"comma-separated levers to add a row for, in the state llmkit does not choose ({', '.join(LEVERS)}; "
+                         f"default {DEFAULT_LEVERS}; 'none' for none)")
     ap.add_argument("--threads", type=int, help="torch threads in every run (default: torch's own, one per core)")
     ap.add_argument("--llmkit-extra", default="", help="extra llmkit overrides for diagnosis, e.g. '--eval_split_size 0' "
                     "(recorded in the results; the default measures llmkit as users run it)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    a.tasks = [t.strip() for t in a.only.split(",") if t.strip()]
+    a.lever_list = [x.strip() for x in a.levers.split(",") if x.strip() and x.strip() != "none"]
+    if not a.child:
+        bad = [t for t in a.tasks if t not in TASKS] + [x for x in a.lever_list if x not in LEVERS]
+        if bad:
+            ap.error(f"unknown task(s) or lever(s) {bad}; tasks: {', '.join(TASKS)}; levers: {', '.join(LEVERS)}")
+        if a.steps < 2:
+            ap.error("--steps must be at least 2 (step 1 is the warm-up)")
+    return a
+
+
+def main() -> int:
+    a = _args()
     if a.child:
         return child(a.child)
-    tasks = [t.strip() for t in a.only.split(",") if t.strip()]
-    bad = [t for t in tasks if t not in TASKS]
-    if bad:
-        ap.error(f"unknown task(s) {bad}; choose from {', '.join(TASKS)}")
-    if a.steps < 2:
-        ap.error("--steps must be at least 2 (step 1 is the warm-up)")
     os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     model = build_model()
     out = Path(a.out)
@@ -524,24 +670,27 @@ def main() -> int:
     log_dir = WORK / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     res: dict = {"machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S"), "steps": a.steps, "repeats": a.repeats,
-                 "noise_band": a.noise_band, "model": {"dir": str(model.relative_to(REPO)), **MODEL_SHAPE, "vocab_size": VOCAB,
-                                                       "parameters_m": None},
+                 "noise_band": a.noise_band, "loss_tolerance": a.loss_tolerance, "levers": a.lever_list,
+                 "model": {"dir": str(model.relative_to(REPO)), **MODEL_SHAPE, "vocab_size": VOCAB, "parameters_m": None},
                  "max_length": MAX_LENGTH, "lora": LORA, "grpo": GRPO, "threads": a.threads, "llmkit_extra": a.llmkit_extra,
                  "tasks": []}
-    for task in tasks:
-        runs: dict[str, list[dict]] = {"llmkit": [], "trl": []}
+    for task in a.tasks:
+        sides = [("trl", [])] + variants(task, a.lever_list)
+        runs: dict[str, list[dict]] = {name: [] for name, _ in sides}
         for r in range(a.repeats):
-            for side in (("llmkit", "trl") if r % 2 == 0 else ("trl", "llmkit")):
-                print(f"[{task}] {side} run {r + 1}/{a.repeats} ...", flush=True)
-                row = run_side(side, task, model, a.steps, log_dir, a.threads, a.llmkit_extra.split())
-                runs[side].append(row)
-                print(f"[{task}] {side}: {row.get('tokens_per_s')} tokens/s, {row.get('s_per_step')} s/step, "
-                      f"peak {row.get('peak_train_mib')} MiB (process {row.get('peak_process_mib')}), loss {row.get('last_loss')}, "
-                      f"total {row.get('total_s')} s", flush=True)
-        c = compare(task, runs, a.noise_band)
+            k = r % len(sides)
+            for name, extra in sides[k:] + sides[:k]:  # rotate which side goes first
+                print(f"[{task}] {name} run {r + 1}/{a.repeats} ...", flush=True)
+                row = run_side(name, task, model, a.steps, log_dir, a.threads, extra + a.llmkit_extra.split())
+                runs[name].append(row)
+                print(f"[{task}] {name}: {row.get('tokens_per_s')} tokens/s, {row.get('s_per_step')} s/step, padding "
+                      f"{row.get('padding_fraction')}, peak {row.get('peak_train_mib')} MiB, loss {row.get('last_loss')}, "
+                      f"held-out {row.get('heldout_loss')}, total {row.get('total_s')} s", flush=True)
+        c = compare(task, runs, a.noise_band, a.loss_tolerance)
         res["tasks"].append(c)
-        print(f"[{task}] llmkit/TRL: tokens/s x{c['tokens_per_s_ratio']}, peak memory x{c['peak_train_mib_ratio']} ({c['speed']})",
-              flush=True)
+        for row in c["rows"]:
+            print(f"[{task}] {row['side']} / TRL: tokens/s x{row['tokens_per_s_ratio']} ({row['speed']}), vs llmkit default "
+                  f"x{row['vs_default']}, held-out loss diff {row.get('heldout_loss_rel_diff')}", flush=True)
     res["model"]["parameters_m"] = _parameters_m(model)
     res["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     res["load_average_at_end"] = os.getloadavg()
