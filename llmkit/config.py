@@ -26,7 +26,10 @@ class LlmkitError(Exception):
     """A problem with the user's input: printed as one message, exit code 2, no traceback."""
 
 
-# Keys that only steer llmkit itself and never reach a library config.
+def did_you_mean(word: str, choices, n: int = 3) -> str:
+    """' Did you mean: a, b?' with the closest of ``choices``, or '' when none is close."""
+    close = difflib.get_close_matches(word, list(choices), n=n, cutoff=0.6)
+    return f" Did you mean: {', '.join(close)}?" if close else ""
 
 
 class _DuplicateKey(Exception):
@@ -133,30 +136,54 @@ def _coerce(key: str, value: Any, field: dataclasses.Field, from_cli: bool, sour
     if enums and isinstance(value, str):  # e.g. optim: OptimizerNames | str
         choices = [str(m.value) for e in enums for m in e]
         if value not in choices:
-            close = difflib.get_close_matches(value, choices, n=3, cutoff=0.6)
-            hint = f" Did you mean: {', '.join(close)}?" if close else ""
-            raise LlmkitError(f"{source}: unknown {key} {value!r}.{hint} (valid: {', '.join(choices)})")
+            raise LlmkitError(f"{source}: unknown {key} {value!r}.{did_you_mean(value, choices)} (valid: {', '.join(choices)})")
     return value
 
 
 def _coerce_value(key: str, value: Any, field: dataclasses.Field, from_cli: bool, source: str, tp: Any = None) -> Any:
     plain, literals = _field_types(field.type if tp is None else tp)
     if from_cli and isinstance(value, str):
-        if value.lower() in ("none", "null") and type(None) in plain:
-            return None
-        if str in plain and not (plain & {int, float, bool, list, dict}):
+        final, value = _parse_cli_value(value, plain)
+        if final:
             return value
-        try:
-            parsed = yaml.safe_load(value)
-        except yaml.YAMLError:
-            parsed = value
-        value = value if (parsed is None and type(None) not in plain) else parsed
     if value is None:
         if type(None) in plain or field.default is None:
             return None
         raise LlmkitError(f"{source}: '{key}' cannot be empty")
     if bool in plain and isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
         return value.lower() in ("true", "yes")
+    number = _coerce_number(key, value, plain, source)
+    if number is not None:
+        return number
+    if bool in plain and not (plain - {bool, type(None)}) and not isinstance(value, bool):
+        raise LlmkitError(f"{source}: '{key}' must be true or false, got {value!r}")
+    if literals and value not in literals:
+        raise LlmkitError(f"{source}: '{key}' must be one of {literals}, got {value!r}")
+    if list in plain and isinstance(value, str) and not (plain & {str}):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if str in plain and isinstance(value, (int, float)) and not (plain & {int, float}):
+        return str(value)
+    return value
+
+
+def _parse_cli_value(value: str, plain: set[type]) -> tuple[bool, Any]:
+    """(final, value) for a ``--key value`` string: None for 'none'/'null' where the field
+    allows it and the text itself for a str-only field (both final), else the text read as
+    YAML (``3`` -> 3, ``[a, b]`` -> a list), to be checked against the field's type."""
+    if value.lower() in ("none", "null") and type(None) in plain:
+        return True, None
+    if str in plain and not (plain & {int, float, bool, list, dict}):
+        return True, value
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        parsed = value
+    return False, value if (parsed is None and type(None) not in plain) else parsed
+
+
+def _coerce_number(key: str, value: Any, plain: set[type], source: str) -> int | float | None:
+    """``value`` as the field's float or int (None when the field takes neither, or the value
+    is kept as it is)."""
     if float in plain and isinstance(value, (str, int)) and not isinstance(value, bool):
         try:
             return float(value)
@@ -172,15 +199,7 @@ def _coerce_value(key: str, value: Any, field: dataclasses.Field, from_cli: bool
             except ValueError:
                 if str not in plain:
                     raise LlmkitError(f"{source}: '{key}' must be an integer, got {value!r}") from None
-    if bool in plain and not (plain - {bool, type(None)}) and not isinstance(value, bool):
-        raise LlmkitError(f"{source}: '{key}' must be true or false, got {value!r}")
-    if literals and value not in literals:
-        raise LlmkitError(f"{source}: '{key}' must be one of {literals}, got {value!r}")
-    if list in plain and isinstance(value, str) and not (plain & {str}):
-        return [v.strip() for v in value.split(",") if v.strip()]
-    if str in plain and isinstance(value, (int, float)) and not (plain & {int, float}):
-        return str(value)
-    return value
+    return None
 
 
 @dataclasses.dataclass
@@ -257,9 +276,7 @@ def stage_fields(classes: list[type]) -> dict[str, tuple[type, dataclasses.Field
 
 
 def unknown_key_message(key: str, valid: list[str], source: str) -> str:
-    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
-    hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    return f"{source}: unknown key '{key}'.{hint} (`llmkit <stage> --help` lists every key)"
+    return f"{source}: unknown key '{key}'.{did_you_mean(key, valid)} (`llmkit <stage> --help` lists every key)"
 
 
 def load_stage_config(
@@ -340,7 +357,8 @@ def format_help(stage: str, classes: list[type], doc: str) -> str:
             text = " ".join(str(f.metadata.get("help", "")).split())
             if len(text) > 160:
                 text = text[:157] + "..."
-            rows.append(f"  --{f.name} (default: {to_plain(default)!r})\n      {text}" if text else f"  --{f.name} (default: {to_plain(default)!r})")
+            row = f"  --{f.name} (default: {to_plain(default)!r})"
+            rows.append(f"{row}\n      {text}" if text else row)
         if rows:
             lines.append(f"{cls.__module__.split('.')[0]}.{cls.__name__}:")
             lines.extend(rows)

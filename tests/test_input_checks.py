@@ -14,7 +14,7 @@ from conftest import TINY_MODEL, llmkit
 
 from llmkit import runs
 from llmkit.config import LlmkitError
-from llmkit.stages import common
+from llmkit.stages import checks, devices
 
 ERROR = "llmkit: error:"
 STAGES = ["pretrain", "sft", "dpo", "grpo", "reward", "ppo"]
@@ -50,59 +50,59 @@ def targs_of(cfg):
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_report_to_without_its_package_is_refused_in_every_trainer_stage(tmp_path, capsys, monkeypatch, stage):
-    real = common.installed
-    monkeypatch.setattr(common, "installed", lambda m: m != "tensorboard" and real(m))  # `make setup` installs it (the trackers extra)
+    real = checks.installed
+    monkeypatch.setattr(checks, "installed", lambda m: m != "tensorboard" and real(m))  # `make setup` installs it (the trackers extra)
     line = refused(capsys, tmp_path, stage, "--report_to", "tensorboard")
     assert "report_to tensorboard" in line and "pip install tensorboard" in line, line
 
 
 @pytest.mark.parametrize(("name", "pip"), [("wandb", "wandb"), ("comet_ml", "comet-ml"), ("mlflow", "mlflow"), ("trackio", "trackio")])
 def test_report_to_names_the_package(name, pip, monkeypatch):
-    monkeypatch.setattr(common, "installed", lambda m: False)
+    monkeypatch.setattr(checks, "installed", lambda m: False)
     cfg = cfg_for("sft", "--report_to", name)
     with pytest.raises(LlmkitError, match=rf"report_to {name} needs .* pip install {pip}"):
-        common.check_optional_features(targs_of(cfg), cfg)
+        checks.check_optional_features(targs_of(cfg), cfg)
 
 
 def test_report_to_list_and_unknown_name():
     cfg = cfg_for("sft", "--report_to", "[none]")
-    common.check_optional_features(targs_of(cfg), cfg)  # none: nothing to import
+    checks.check_optional_features(targs_of(cfg), cfg)  # none: nothing to import
     cfg = cfg_for("sft", "--report_to", "tensorbord")
     with pytest.raises(LlmkitError, match=r"unknown report_to 'tensorbord'. Did you mean: tensorboard"):
-        common.check_optional_features(targs_of(cfg), cfg)
+        checks.check_optional_features(targs_of(cfg), cfg)
 
 
 def test_installed_report_to_passes(monkeypatch):
-    monkeypatch.setattr(common, "installed", lambda m: m == "tensorboard")
+    monkeypatch.setattr(checks, "installed", lambda m: m == "tensorboard")
     cfg = cfg_for("sft", "--report_to", "tensorboard")
-    common.check_optional_features(targs_of(cfg), cfg)
+    checks.check_optional_features(targs_of(cfg), cfg)
 
 
 def test_bnb_optimizer_without_bitsandbytes(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(common, "installed", lambda m: m != "bitsandbytes")
+    monkeypatch.setattr(checks, "installed", lambda m: m != "bitsandbytes")
     line = refused(capsys, tmp_path, "sft", "--optim", "adamw_bnb_8bit")
     assert "optim adamw_bnb_8bit needs the bitsandbytes package" in line and "pip install bitsandbytes" in line, line
-    monkeypatch.setattr(common, "installed", lambda m: True)
+    monkeypatch.setattr(checks, "installed", lambda m: True)
     cfg = cfg_for("sft", "--optim", "paged_adamw_8bit")
-    common.check_optional_features(targs_of(cfg), cfg)
+    checks.check_optional_features(targs_of(cfg), cfg)
 
 
 def test_optimizers_needing_packages_are_named(monkeypatch):
-    monkeypatch.setattr(common, "installed", lambda m: False)
+    monkeypatch.setattr(checks, "installed", lambda m: False)
     for optim, pip in [("galore_adamw", "galore-torch"), ("schedule_free_adamw", "schedulefree"), ("adamw_torch_8bit", "torchao"),
                        ("lomo", "lomo-optim"), ("stable_adamw", "torch-optimi")]:
         cfg = cfg_for("sft", "--optim", optim)
         with pytest.raises(LlmkitError, match=f"pip install {pip}"):
-            common.check_optional_features(targs_of(cfg), cfg)
+            checks.check_optional_features(targs_of(cfg), cfg)
     cfg = cfg_for("sft", "--optim", "adamw_torch")
-    common.check_optional_features(targs_of(cfg), cfg)  # torch's own
+    checks.check_optional_features(targs_of(cfg), cfg)  # torch's own
 
 
 def test_galore_needs_target_modules(monkeypatch):
-    monkeypatch.setattr(common, "installed", lambda m: True)
+    monkeypatch.setattr(checks, "installed", lambda m: True)
     cfg = cfg_for("sft", "--optim", "galore_adamw")
     with pytest.raises(LlmkitError, match="optim_target_modules"):
-        common.check_optional_features(targs_of(cfg), cfg)
+        checks.check_optional_features(targs_of(cfg), cfg)
 
 
 def test_unknown_optim_is_refused_with_a_suggestion(tmp_path, capsys):
@@ -114,13 +114,13 @@ def test_flash_attention_on_cpu_and_without_the_package(tmp_path, capsys, monkey
     line = refused(capsys, tmp_path, "sft", "--attn_implementation", "flash_attention_2")
     assert "attn_implementation flash_attention_2 needs a CUDA GPU" in line and "sdpa" in line, line
     cfgs = {attn: cfg_for("sft", "--attn_implementation", attn) for attn in ("flash_attention_2", "flash_attention_3")}
-    monkeypatch.setattr(common, "has_cuda", lambda: True)  # a GPU machine (after the configs: their defaults ask torch)
-    monkeypatch.setattr(common, "installed", lambda m: False)
+    monkeypatch.setattr(devices, "has_cuda", lambda: True)  # a GPU machine (after the configs: their defaults ask torch)
+    monkeypatch.setattr(checks, "installed", lambda m: False)
     for attn, pip in [("flash_attention_2", "flash-attn"), ("flash_attention_3", "flash-attn-3")]:
         with pytest.raises(LlmkitError, match=rf"needs the .* package, which is not installed: pip install {pip}"):
-            common.check_optional_features(targs_of(cfgs[attn]), cfgs[attn])
-    monkeypatch.setattr(common, "installed", lambda m: m == "flash_attn")
-    common.check_optional_features(targs_of(cfgs["flash_attention_2"]), cfgs["flash_attention_2"])
+            checks.check_optional_features(targs_of(cfgs[attn]), cfgs[attn])
+    monkeypatch.setattr(checks, "installed", lambda m: m == "flash_attn")
+    checks.check_optional_features(targs_of(cfgs["flash_attention_2"]), cfgs["flash_attention_2"])
 
 
 def test_unknown_attn_implementation_and_hub_kernels(tmp_path, capsys, monkeypatch):
@@ -128,33 +128,33 @@ def test_unknown_attn_implementation_and_hub_kernels(tmp_path, capsys, monkeypat
     assert "unknown attn_implementation 'flash_attn2'" in line and "flash_attention_2" in line, line
     for ok in ("sdpa", "eager"):
         cfg = cfg_for("sft", "--attn_implementation", ok)
-        common.check_optional_features(targs_of(cfg), cfg)
-    monkeypatch.setattr(common, "installed", lambda m: m != "kernels")
+        checks.check_optional_features(targs_of(cfg), cfg)
+    monkeypatch.setattr(checks, "installed", lambda m: m != "kernels")
     cfg = cfg_for("sft", "--attn_implementation", "kernels-community/flash-attn2")
     with pytest.raises(LlmkitError, match="pip install kernels"):
-        common.check_optional_features(targs_of(cfg), cfg)
+        checks.check_optional_features(targs_of(cfg), cfg)
 
 
 def test_liger_kernel(tmp_path, capsys, monkeypatch):
     line = refused(capsys, tmp_path, "dpo", "--use_liger_kernel")
     assert "use_liger_kernel" in line and "pip install liger-kernel" in line, line
-    monkeypatch.setattr(common, "installed", lambda m: True)
+    monkeypatch.setattr(checks, "installed", lambda m: True)
     cfg = cfg_for("sft", "--use_liger_kernel")
     with pytest.raises(LlmkitError, match="needs a CUDA GPU"):
-        common.check_optional_features(targs_of(cfg), cfg)
-    monkeypatch.setattr(common, "has_cuda", lambda: True)
-    common.check_optional_features(targs_of(cfg), cfg)
+        checks.check_optional_features(targs_of(cfg), cfg)
+    monkeypatch.setattr(devices, "has_cuda", lambda: True)
+    checks.check_optional_features(targs_of(cfg), cfg)
 
 
 def test_torch_compile_needs_a_compiler_on_cpu(monkeypatch):
     cfg = cfg_for("sft", "--torch_compile")
-    if any(common.shutil.which(c) for c in ("g++", "c++", "clang++")):
-        common.check_optional_features(targs_of(cfg), cfg)
-    monkeypatch.setattr(common.shutil, "which", lambda c: None)
+    if any(checks.shutil.which(c) for c in ("g++", "c++", "clang++")):
+        checks.check_optional_features(targs_of(cfg), cfg)
+    monkeypatch.setattr(checks.shutil, "which", lambda c: None)
     with pytest.raises(LlmkitError, match="torch_compile on a CPU needs a C\\+\\+ compiler"):
-        common.check_optional_features(targs_of(cfg), cfg)
+        checks.check_optional_features(targs_of(cfg), cfg)
     cfg = cfg_for("sft", "--torch_compile", "--torch_compile_backend", "aot_eager")
-    common.check_optional_features(targs_of(cfg), cfg)
+    checks.check_optional_features(targs_of(cfg), cfg)
 
 
 # --------------------------------------------------------------------------- one line per log step

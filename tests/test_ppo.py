@@ -136,7 +136,7 @@ def test_truncate_after_stop_and_positions():
 
 
 def test_each_process_gets_its_own_prompts_and_epochs_cover_all():
-    from llmkit.stages.ppo import batch_indices
+    from llmkit.stages.ppo_trainer import batch_indices
 
     n = 10
     seen = [batch_indices(s, n, per_process=2, world=2, rank=r, seed=1) for s in (1, 2) for r in (0, 1)]
@@ -325,7 +325,7 @@ def test_sequence_scores_is_the_classifier_at_the_last_token(reward_run):
     the same tokens without padding."""
     from transformers import AutoModelForSequenceClassification
 
-    from llmkit.stages.ppo import sequence_scores
+    from llmkit.stages.ppo_trainer import sequence_scores
 
     model = AutoModelForSequenceClassification.from_pretrained(reward_run).eval()
     seqs = [[5, 17, 40, 41, 9], [7, 8, 9], [30, 31, 32, 33, 34, 35, 36]]

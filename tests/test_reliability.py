@@ -23,7 +23,7 @@ from conftest import DATA, TINY_MODEL, llmkit, read_jsonl, write_jsonl
 
 from llmkit import runs
 from llmkit.config import LlmkitError, StageConfig
-from llmkit.stages import common
+from llmkit.stages import checkpoints, devices, disk
 
 ERROR = "llmkit: error:"
 
@@ -59,19 +59,20 @@ def stage_hash(stage: str, argv: list) -> str:
 def test_disk_budget_counts_checkpoints_optimizer_and_final_model():
     gb = 10**9
     args = SimpleNamespace(save_strategy="steps", save_total_limit=2, max_steps=100, save_steps=10, save_only_model=False)
-    need, kept, per = common.disk_budget(args, weights=gb, trainable=gb // 4, final=gb)
-    assert kept == 2 and per == gb + 8 * (gb // 4) + common.SAVE_OVERHEAD  # weights + AdamW's two float32 per trainable parameter
+    need, kept, per = disk.disk_budget(args, weights=gb, trainable=gb // 4, final=gb)
+    assert kept == 2 and per == gb + 8 * (gb // 4) + disk.SAVE_OVERHEAD  # weights + AdamW's two float32 per trainable parameter
     assert need == int(3 * per * 1.1)  # 2 kept + 1 being written before the oldest is deleted
     one = SimpleNamespace(**{**vars(args), "save_total_limit": 1})
-    assert common.disk_budget(one, gb, gb // 4, gb)[0] == int(2 * per * 1.1)
+    assert disk.disk_budget(one, gb, gb // 4, gb)[0] == int(2 * per * 1.1)
     no_optimizer = SimpleNamespace(**{**vars(args), "save_only_model": True})
-    assert common.disk_budget(no_optimizer, gb, gb // 4, gb)[2] == gb + common.SAVE_OVERHEAD
+    assert disk.disk_budget(no_optimizer, gb, gb // 4, gb)[2] == gb + disk.SAVE_OVERHEAD
     no_saves = SimpleNamespace(**{**vars(args), "save_strategy": "no"})
-    assert common.disk_budget(no_saves, gb, gb // 4, 3 * gb)[:2] == (int((3 * gb + common.SAVE_OVERHEAD) * 1.1), 0)
+    assert disk.disk_budget(no_saves, gb, gb // 4, 3 * gb)[:2] == (int((3 * gb + disk.SAVE_OVERHEAD) * 1.1), 0)
     unlimited = SimpleNamespace(**{**vars(args), "save_total_limit": None})
-    assert common.disk_budget(unlimited, gb, gb // 4, gb)[1] == 10  # max_steps / save_steps checkpoints stay
+    assert disk.disk_budget(unlimited, gb, gb // 4, gb)[1] == 10  # max_steps / save_steps checkpoints stay
     # a final model larger than a checkpoint (reward LoRA saves the merged model) can set the peak
-    assert common.disk_budget(args, 1000, 10, 100 * gb)[0] == int((2 * (1000 + 80 + common.SAVE_OVERHEAD) + 100 * gb + common.SAVE_OVERHEAD) * 1.1)
+    peak = 2 * (1000 + 80 + disk.SAVE_OVERHEAD) + 100 * gb + disk.SAVE_OVERHEAD
+    assert disk.disk_budget(args, 1000, 10, 100 * gb)[0] == int(peak * 1.1)
 
 
 def test_model_footprint_lora_counts_the_adapter_only():
@@ -83,20 +84,20 @@ def test_model_footprint_lora_counts_the_adapter_only():
     spec = {k: v for k, v in TINY_MODEL.items() if k != "model_type"}
     model = AutoModelForCausalLM.from_config(AutoConfig.for_model("llama", vocab_size=600, **spec))
     n = sum(p.numel() for p in model.parameters())
-    assert common.model_footprint(model) == (4 * n, n, 4 * n)  # full: every float32 weight, all trainable
+    assert disk.model_footprint(model) == (4 * n, n, 4 * n)  # full: every float32 weight, all trainable
     lora = LoraConfig(r=8, target_modules="all-linear", task_type="CAUSAL_LM")
     applied = get_peft_model(copy.deepcopy(model), copy.deepcopy(lora))
     adapter = sum(p.numel() for p in applied.parameters() if p.requires_grad)
     assert 0 < adapter < n // 5
-    assert common.model_footprint(model, lora) == (4 * adapter, adapter, 4 * n)  # counted without touching the model
+    assert disk.model_footprint(model, lora) == (4 * adapter, adapter, 4 * n)  # counted without touching the model
     assert not hasattr(model, "peft_config")
-    assert common.model_footprint(applied)[:2] == (4 * adapter, adapter)  # a PEFT model saves its adapter
+    assert disk.model_footprint(applied)[:2] == (4 * adapter, adapter)  # a PEFT model saves its adapter
 
 
 def test_training_stage_refuses_when_the_disk_is_short_and_writes_nothing(tmp_path, tokenizer_run, corpus, capsys, monkeypatch):
     out = tmp_path / "runs" / "pre"
     asked = []
-    monkeypatch.setattr(common, "free_disk_bytes", lambda p: asked.append(Path(p)) or 10 * 2**20)
+    monkeypatch.setattr(disk, "free_disk_bytes", lambda p: asked.append(Path(p)) or 10 * 2**20)
     assert llmkit(*pretrain_argv(out, tokenizer_run, corpus, 4, "--save_total_limit", "3")) == 2
     line = error_line(capsys)
     for needle in ("not enough free disk space", "10.5 MB are free", "save_total_limit", "another disk", "3 checkpoints"):
@@ -104,7 +105,7 @@ def test_training_stage_refuses_when_the_disk_is_short_and_writes_nothing(tmp_pa
     assert asked == [partial(out)]
     assert not out.exists() and not partial(out).exists() and not out.parent.exists()
 
-    monkeypatch.setattr(common, "free_disk_bytes", lambda p: 10**12)
+    monkeypatch.setattr(disk, "free_disk_bytes", lambda p: 10**12)
     assert llmkit(*pretrain_argv(out, tokenizer_run, corpus, 4, "--save_total_limit", "3")) == 0
     assert runs.read_manifest(out)["steps"] == 4
 
@@ -112,15 +113,15 @@ def test_training_stage_refuses_when_the_disk_is_short_and_writes_nothing(tmp_pa
 def test_disk_estimate_covers_what_a_run_writes(tmp_path, tokenizer_run, corpus, monkeypatch):
     """Without the fixed per-save allowance, the estimate is still at least what a finished run
     holds (its kept checkpoints with optimizer state + the model), and not wildly more."""
-    monkeypatch.setattr(common, "SAVE_OVERHEAD", 0)
+    monkeypatch.setattr(disk, "SAVE_OVERHEAD", 0)
     seen = []
-    real = common.check_disk_space
+    real = disk.check_disk_space
 
     def spy(targs, cfg, staging, weights, trainable, final, extra=0):
-        seen.append(common.disk_budget(targs, weights, trainable, final)[0])
+        seen.append(disk.disk_budget(targs, weights, trainable, final)[0])
         return real(targs, cfg, staging, weights, trainable, final, extra)
 
-    monkeypatch.setattr(common, "check_disk_space", spy)
+    monkeypatch.setattr(disk, "check_disk_space", spy)
     out = tmp_path / "pre"
     assert llmkit(*pretrain_argv(out, tokenizer_run, corpus, 6, "--save_steps", "2", "--save_total_limit", "2")) == 0
     written = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
@@ -131,11 +132,11 @@ def test_disk_estimate_covers_what_a_run_writes(tmp_path, tokenizer_run, corpus,
 def test_skip_disk_check_env(tmp_path, monkeypatch):
     args = SimpleNamespace(save_strategy="steps", save_total_limit=2, max_steps=10, save_steps=5, save_only_model=False)
     cfg = StageConfig(args=[], explicit={}, source="x.yaml")
-    monkeypatch.setattr(common, "free_disk_bytes", lambda p: 0)
+    monkeypatch.setattr(disk, "free_disk_bytes", lambda p: 0)
     with pytest.raises(LlmkitError, match="x.yaml: not enough free disk space"):
-        common.check_disk_space(args, cfg, tmp_path / "out.partial", 1000, 10, 1000)
-    monkeypatch.setenv(common.SKIP_DISK_CHECK, "1")
-    common.check_disk_space(args, cfg, tmp_path / "out.partial", 1000, 10, 1000)
+        disk.check_disk_space(args, cfg, tmp_path / "out.partial", 1000, 10, 1000)
+    monkeypatch.setenv(disk.SKIP_DISK_CHECK, "1")
+    disk.check_disk_space(args, cfg, tmp_path / "out.partial", 1000, 10, 1000)
 
 
 # --------------------------------------------------------------------------- 2. checkpoints and retention
@@ -163,13 +164,13 @@ def test_checkpoint_completeness_and_retention(tmp_path):
     fake_checkpoint(d, 10, state='{"global_step": 10, "log_hist')  # killed while writing it
     fake_checkpoint(d, 12, weights=None)  # weights gone (retention killed half way)
     fake_checkpoint(d, 14, state=json.dumps({"global_step": 3}))  # not this step's state
-    assert [common.checkpoint_complete(d / f"checkpoint-{s}") for s in (2, 4, 6, 8, 10, 12, 14)] == [True] * 3 + [False] * 4
-    assert common.last_checkpoint(d) == str(d / "checkpoint-6")
-    common.rotate_checkpoints(d, 1)  # only complete checkpoints count: the newest complete one stays
+    assert [checkpoints.checkpoint_complete(d / f"checkpoint-{s}") for s in (2, 4, 6, 8, 10, 12, 14)] == [True] * 3 + [False] * 4
+    assert checkpoints.last_checkpoint(d) == str(d / "checkpoint-6")
+    checkpoints.rotate_checkpoints(d, 1)  # only complete checkpoints count: the newest complete one stays
     assert sorted(p.name for p in d.iterdir()) == [f"checkpoint-{s}" for s in (10, 12, 14, 6, 8)]
-    common.discard_incomplete_checkpoints(d)
+    checkpoints.discard_incomplete_checkpoints(d)
     assert [p.name for p in d.iterdir()] == ["checkpoint-6"]
-    assert common.last_checkpoint(tmp_path / "none") is None
+    assert checkpoints.last_checkpoint(tmp_path / "none") is None
 
 
 def test_retention_keeps_the_newest_and_resume_ignores_incomplete_checkpoints(tmp_path, tokenizer_run, corpus, capsys):
@@ -199,7 +200,7 @@ def test_retention_keeps_the_newest_and_resume_ignores_incomplete_checkpoints(tm
     assert f"resuming from {ck / 'checkpoint-9'}" in printed
     assert printed.count("removing the incomplete checkpoint") == 3
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-12", "checkpoint-9"]
-    assert all(common.checkpoint_complete(p) for p in (out / "checkpoints").iterdir())
+    assert all(checkpoints.checkpoint_complete(p) for p in (out / "checkpoints").iterdir())
     m = runs.read_manifest(out)
     assert m["steps"] == 12
     assert abs(m["metrics"]["eval_loss"] - runs.read_manifest(ref)["metrics"]["eval_loss"]) < 1e-4
@@ -221,7 +222,7 @@ def test_ppo_retention_never_deletes_the_newest_complete_checkpoint(tmp_path, ba
     (partial(out) / runs.STAGING_MARK).write_text(json.dumps({"stage": "ppo", "config_hash": stage_hash("ppo", argv)}))
     assert llmkit(*argv) == 0
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["checkpoint-6"]
-    assert common.checkpoint_complete(out / "checkpoints" / "checkpoint-6")
+    assert checkpoints.checkpoint_complete(out / "checkpoints" / "checkpoint-6")
 
 
 # --------------------------------------------------------------------------- 3. --overwrite killed between the renames
@@ -436,11 +437,11 @@ def math_prompts(tmp_path) -> Path:
 @pytest.mark.parametrize("case", ["no_cuda", "no_vllm"])
 def test_use_vllm_needs_cuda_and_vllm(tmp_path, base_model, math_prompts, capsys, monkeypatch, case):
     if case == "no_cuda":
-        monkeypatch.setattr(common, "has_cuda", lambda: False)
+        monkeypatch.setattr(devices, "has_cuda", lambda: False)
         expected = "use_vllm needs a CUDA GPU"
     else:
-        monkeypatch.setattr(common, "has_cuda", lambda: True)  # as on a GPU node without vLLM
-        monkeypatch.setattr(common, "gpu_defaults", lambda: {})  # no real GPU to ask for bf16/tf32
+        monkeypatch.setattr(devices, "has_cuda", lambda: True)  # as on a GPU node without vLLM
+        monkeypatch.setattr(devices, "gpu_defaults", lambda: {})  # no real GPU to ask for bf16/tf32
         hide_package(monkeypatch, "vllm")
         expected = "use_vllm needs vLLM, which is not installed"
     out = tmp_path / "grpo"

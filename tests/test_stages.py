@@ -106,7 +106,7 @@ def test_only_assistant_tokens_carry_loss(base_model, sft_data):
 
     tok = AutoTokenizer.from_pretrained(base_model)
     rows = read_jsonl(sft_data[0], 8)
-    from llmkit.stages.common import CHECKPOINTING_KEY
+    from llmkit.stages.devices import CHECKPOINTING_KEY
 
     args = SFTConfig(output_dir="unused", assistant_only_loss=True, max_length=256, use_cpu=True, bf16=False,
                      report_to="none", per_device_train_batch_size=8, **{CHECKPOINTING_KEY: False})
@@ -277,7 +277,7 @@ def test_hub_token_never_written_to_the_run_directory(tmp_path):
 
 def test_resume_ignores_an_incomplete_newest_checkpoint(tmp_path):
     """A checkpoint killed mid-write (no trainer_state.json) is never the one resumed from."""
-    from llmkit.stages.common import last_checkpoint
+    from llmkit.stages.checkpoints import last_checkpoint
 
     for step, complete in ((10, True), (20, True), (30, False)):
         d = tmp_path / f"checkpoint-{step}"
@@ -296,24 +296,24 @@ def test_gpu_defaults_follow_the_hardware_and_the_installed_kernels(monkeypatch)
 
     import torch
 
-    from llmkit.stages import common
+    from llmkit.stages import devices
 
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(common, "has_cuda", lambda: True)
+    monkeypatch.setattr(devices, "has_cuda", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: object() if n == "liger_kernel" else real_find_spec(n, *a))
-    d = common.trainer_defaults({})
+    d = devices.trainer_defaults({})
     assert d["bf16"] is True and d["fp16"] is False and d["tf32"] is True
     assert d["optim"] == "adamw_torch_fused" and d["use_liger_kernel"] is True and "use_cpu" not in d
-    assert common.trainer_defaults({}, {"optim": "adamw_8bit"})["optim"] == "adamw_8bit"  # the stage/recipe wins
+    assert devices.trainer_defaults({}, {"optim": "adamw_8bit"})["optim"] == "adamw_8bit"  # the stage/recipe wins
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (7, 5))  # a T4
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "liger_kernel" else real_find_spec(n, *a))
-    d = common.trainer_defaults({})
+    d = devices.trainer_defaults({})
     assert d["bf16"] is False and d["fp16"] is True and "tf32" not in d and "use_liger_kernel" not in d
-    monkeypatch.setattr(common, "has_cuda", lambda: False)
-    d = common.trainer_defaults({})
+    monkeypatch.setattr(devices, "has_cuda", lambda: False)
+    d = devices.trainer_defaults({})
     assert d["use_cpu"] is True and d["bf16"] is False and "optim" not in d
 
 
@@ -334,9 +334,9 @@ def test_explicit_bf16_on_a_gpu_without_it_is_one_clear_error(monkeypatch, tmp_p
     import torch
 
     from llmkit.config import LlmkitError, StageConfig
-    from llmkit.stages import common
+    from llmkit.stages import checks, devices
 
-    monkeypatch.setattr(common, "has_cuda", lambda: True)
+    monkeypatch.setattr(devices, "has_cuda", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (7, 5))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla T4")
@@ -346,7 +346,7 @@ def test_explicit_bf16_on_a_gpu_without_it_is_one_clear_error(monkeypatch, tmp_p
         num_train_epochs, max_steps, fp16, bf16, output_dir = 1, -1, False, True, str(tmp_path / "o")
 
     with pytest.raises(LlmkitError, match=r"Tesla T4, compute capability 7\.5\) has no bfloat16: remove bf16"):
-        common.check_training_args(Args(), StageConfig(args=[], explicit={}, source="recipe.yaml"))
+        checks.check_training_args(Args(), StageConfig(args=[], explicit={}, source="recipe.yaml"))
     assert not (tmp_path / "o").exists()
 
 
@@ -413,3 +413,33 @@ def test_every_key_a_stage_docstring_names_is_a_key_of_the_stage():
         keys = set(stage_fields(mod.CLASSES))
         named = set(re.findall(r"`([a-z_0-9]+)`", features))
         assert named and named <= keys, (name, sorted(named - keys))
+
+
+def test_every_stage_declares_its_data_keys_once_in_args():
+    """datasets / eval_datasets (every stage) and eval_split_size / tokenizer_name_or_path (every
+    training stage) come from llmkit/stages/args.py, so their meaning and help are the same."""
+    from llmkit.config import stage_fields
+    from llmkit.stages import STAGES, args, stage_module
+
+    for name in STAGES:
+        fields = stage_fields(stage_module(name).CLASSES)
+        shared = ("datasets", "eval_datasets") if name == "tokenizer" else ("datasets", "eval_datasets", "eval_split_size",
+                                                                             "tokenizer_name_or_path")
+        for key in shared:
+            owner, fld, _ = fields[key]
+            assert issubclass(owner, args.DatasetArgs), (name, key, owner)
+            assert fld.metadata["help"] == args.DataArgs.__dataclass_fields__[key].metadata["help"]
+
+
+def test_the_tokenizer_old_key_passes_the_checks_before_the_heavy_imports(tmp_path, monkeypatch):
+    """heldout_datasets is still a tokenizer key for the pre-import check (the cached key list),
+    while a misspelling of it is refused there."""
+    from llmkit import stages
+    from llmkit.config import LlmkitError
+
+    monkeypatch.setenv("LLMKIT_CACHE_DIR", str(tmp_path / "cache"))
+    stages.save_stage_keys("tokenizer", stages.stage_module("tokenizer"))
+    assert {"datasets", "eval_datasets", "heldout_datasets"} <= set(stages.cached_stage_keys("tokenizer"))
+    stages.precheck_stage_config("tokenizer", None, ["--heldout_datasets", "[held.jsonl]"])
+    with pytest.raises(LlmkitError, match="unknown key 'heldout_dataset'. Did you mean: heldout_datasets"):
+        stages.precheck_stage_config("tokenizer", None, ["--heldout_dataset", "[held.jsonl]"])

@@ -46,6 +46,6 @@ def test_tensorboard_and_trackio_write_the_losses_inside_the_run(tmp_path, token
 
 
 def test_default_is_no_tracker():
-    from llmkit.stages.common import trainer_defaults
+    from llmkit.stages.devices import trainer_defaults
 
     assert trainer_defaults({})["report_to"] == "none"

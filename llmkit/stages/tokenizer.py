@@ -21,23 +21,25 @@ from pathlib import Path
 from llmkit import data, runs
 from llmkit.config import LlmkitError, StageConfig
 from llmkit.modeling import SPECIAL_TOKENS, has_generation_markers, resolve_chat_template
+from llmkit.stages.args import DatasetArgs
 
 STAGE = "tokenizer"
 # the stage's key numbers, (label, metric before training, metric after): manifest "summary", `llmkit run`, reports
-SUMMARY = (("vocabulary", None, "vocab_size"), ("fertility (tokens per word)", None, "fertility"), ("round-trip rate", None, "roundtrip_rate"))
+SUMMARY = (("vocabulary", None, "vocab_size"), ("fertility (tokens per word)", None, "fertility"),
+           ("round-trip rate", None, "roundtrip_rate"))
 
 
 @dataclass
-class TokenizerArgs:
+class TokenizerArgs(DatasetArgs):
     output_dir: str = field(default="", metadata={"help": "Run directory to write (refused if it holds a finished run)."})
-    datasets: list = field(default_factory=list, metadata={"help": "Text sources with a 'text' column: files, directories or hub ids (see llmkit.data)."})
-    eval_datasets: list = field(default_factory=list, metadata={"help": "Held-out text for fertility (tokens per word) and round-trip checks."})
     heldout_datasets: list = field(default_factory=list, metadata={"help": "Deprecated: the old name of eval_datasets (still read)."})
     model_type: str = field(default="bpe", metadata={"help": "bpe (byte-level BPE, never <unk>) or unigram (SentencePiece-style)."})
     vocab_size: int = field(default=8000, metadata={"help": "Target vocabulary size, special tokens included."})
     min_frequency: int = field(default=2, metadata={"help": "BPE: minimum pair frequency for a merge."})
-    special_tokens: list = field(default_factory=lambda: list(SPECIAL_TOKENS), metadata={"help": "Special tokens; the first is EOS, the second PAD."})
-    chat_template: str | None = field(default=None, metadata={"help": "Jinja chat template (inline or a .jinja path). Default: ChatML with {% generation %} markers."})
+    special_tokens: list = field(default_factory=lambda: list(SPECIAL_TOKENS), metadata={
+        "help": "Special tokens; the first is EOS, the second PAD."})
+    chat_template: str | None = field(default=None, metadata={
+        "help": "Jinja chat template (inline or a .jinja path). Default: ChatML with {% generation %} markers."})
     model_max_length: int = field(default=2048, metadata={"help": "model_max_length stored in the tokenizer."})
     seed: int = field(default=42, metadata={"help": "Random seed."})
 
