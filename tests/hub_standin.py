@@ -20,7 +20,17 @@ What it implements (read from huggingface_hub's ``hf_api.py``, ``file_download.p
 - Errors as the hub sends them: 404 with ``X-Error-Code: RepoNotFound`` / ``RevisionNotFound``
   / ``EntryNotFound``; a gated repo without a token: 401 ``GatedRepo`` on its files.
 
-Not implemented: uploads, xet, pagination of long listings, the dataset viewer API (datasets
+Uploads (what ``create_repo`` and ``create_commit`` send): ``POST /api/validate-yaml`` (a README's
+metadata: YAML mapping, base_model a hub id, language codes, model-index shape; 400 with the
+errors otherwise), ``POST /api/repos/create`` (a token
+is required: 401 without one; 409 when the repo exists), ``POST /api/{type}s/{repo}/preupload/{rev}``
+(every file is answered ``regular``, so nothing goes through LFS or xet) and ``POST
+/api/{type}s/{repo}/commit/{rev}`` (the ndjson body: header, ``file`` lines with base64 content,
+``deletedFile``), which makes a new revision of the branch in one step.  ``hub.commits`` logs
+(repo_id, summary, paths) of every commit; a private repo answers 404 without a token, as the hub
+does.
+
+Not implemented: LFS/xet uploads, pagination of long listings, the dataset viewer API (datasets
 asks ``datasets-server.<endpoint host>``, which does not resolve: it treats that as "no parquet
 export", as it would for a repo the viewer has not processed).
 
@@ -95,6 +105,7 @@ class Repo:
     repo_type: str = "dataset"  # dataset | model
     revisions: dict[str, dict[str, bytes]] = field(default_factory=dict)  # ref name -> {path: bytes}
     gated: bool = False
+    private: bool = False
 
     def sha(self, ref: str) -> str:
         if re.fullmatch(r"[0-9a-f]{40}", ref):  # a revision added under its commit sha
@@ -122,6 +133,7 @@ class HubStandin:
         self.repos: dict[tuple[str, str], Repo] = {}
         self.aliases: dict[tuple[str, str], str] = {}
         self.requests: list[tuple[str, str]] = []
+        self.commits: list[tuple[str, str, list[str]]] = []  # (repo_id, summary, paths) of every commit
         self.max_requests = max_requests
         self.idle_timeout = idle_timeout
         self._server: ThreadingHTTPServer | None = None
@@ -194,7 +206,9 @@ class HubStandin:
         return any(f"/{repo_id}/" in p or p.endswith(f"/{repo_id}") for _, p in self.requests)
 
 
-_API = re.compile(r"^/api/(datasets|models)/(.+?)(?:/(revision|tree|paths-info)/([^/]+)(?:/(.*))?)?$")
+_API = re.compile(r"^/api/(datasets|models)/(.+?)(?:/(revision|tree|paths-info|preupload|commit)/([^/]+)(?:/(.*))?)?$")
+_CREATE = "/api/repos/create"
+_VALIDATE = "/api/validate-yaml"
 _RESOLVE = re.compile(r"^/(?:(datasets)/)?(.+?)/resolve/([^/]+)/(.+)$")
 
 
@@ -261,6 +275,10 @@ class _Handler(BaseHTTPRequestHandler):
         with st._lock:
             st.requests.append((self.command, urllib.parse.unquote(raw_path)))
         try:
+            if raw_path == _CREATE and self.command == "POST":
+                return self._create_repo()
+            if raw_path == _VALIDATE and self.command == "POST":
+                return self._validate_yaml()
             if m := _API.match(raw_path):
                 return self._api(m, urllib.parse.parse_qs(query))
             if m := _RESOLVE.match(raw_path):
@@ -277,44 +295,128 @@ class _Handler(BaseHTTPRequestHandler):
         if isinstance(repo, str):  # renamed: the hub redirects
             target = self.path.replace(f"/api/{kind}/{m.group(2)}", f"/api/{kind}/{repo}", 1)
             return self._send(307, b"", {"Location": target})
-        if repo is None:
+        if repo is None or (repo.private and not self._authorized()):
             return self._error(404, "RepoNotFound", f"Repository not found: {repo_type} {repo_id}")
+        if op in ("preupload", "commit"):
+            if not self._authorized():
+                return self._error(401, None, "Invalid credentials in Authorization header")
+            return self._preupload() if op == "preupload" else self._commit(repo, urllib.parse.unquote(rev))
         rev = urllib.parse.unquote(rev or "main")
         ref = repo.resolve(rev)
         if ref is None:
             return self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
         files = repo.revisions[ref]
-        sha = repo.sha(ref)
         if op in (None, "revision"):
-            card = files.get("README.md")
-            info = {"_id": sha[:24], "id": repo.repo_id, "sha": sha, "private": False,
-                    "gated": "auto" if repo.gated else False, "disabled": False, "downloads": 0, "likes": 0,
-                    "tags": [], "lastModified": "2025-01-01T00:00:00.000Z",
-                    "siblings": [{"rfilename": p} for p in sorted(files)],
-                    "cardData": front_matter(card.decode()) if card else {}}
-            if repo_type == "model":
-                info["modelId"] = repo.repo_id
-            return self._send(200, json.dumps(info).encode())
+            return self._info(repo, repo_type, ref, files)
         if op == "tree":
-            prefix = urllib.parse.unquote(sub or "").strip("/")
-            recursive = (query.get("recursive") or ["false"])[0].lower() == "true"
-            entries, folders = [], set()
-            for path in sorted(files):
-                if prefix and not path.startswith(prefix + "/"):
-                    continue
-                rest = path[len(prefix) + 1:] if prefix else path
-                parts = rest.split("/")
-                for i in range(1, len(parts)):
-                    folder = "/".join(([prefix] if prefix else []) + parts[:i])
-                    if (recursive or i == 1) and folder not in folders:
-                        folders.add(folder)
-                        entries.append(self._folder(folder))
-                if recursive or len(parts) == 1:
-                    entries.append(self._entry(path, files[path]))
-            if prefix and not entries:
-                return self._error(404, "EntryNotFound", f"{prefix} does not exist on {ref}")
-            return self._send(200, json.dumps(entries).encode())
-        # paths-info
+            return self._tree(ref, files, urllib.parse.unquote(sub or "").strip("/"),
+                              (query.get("recursive") or ["false"])[0].lower() == "true")
+        return self._paths_info(files)
+
+    # -------------------------------------------------------------- uploads
+    def _body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _create_repo(self) -> None:
+        body = json.loads(self._body() or b"{}")
+        if not self._authorized():
+            return self._error(401, None, "Invalid credentials in Authorization header")
+        repo_type = body.get("type") or "model"
+        repo_id = f"{body['organization']}/{body['name']}" if body.get("organization") else body["name"]
+        prefix = "" if repo_type == "model" else f"{repo_type}s/"
+        if (repo_type, repo_id) in self.standin.repos:
+            return self._error(409, None, "You already created this model repo")
+        repo = self.standin.add_repo(repo_id, {}, repo_type)
+        repo.private = body.get("visibility") == "private" or bool(body.get("private"))
+        self._send(200, json.dumps({"url": f"{self.standin.url}/{prefix}{repo_id}", "name": repo_id}).encode())
+
+    def _validate_yaml(self) -> None:
+        """The checks of the hub's README metadata validation that a card writer can get wrong:
+        YAML that parses to a mapping, a base_model that is a hub id (not a local path), a
+        language code, a model-index with name and results."""
+        content = json.loads(self._body() or b"{}").get("content", "")
+        meta = front_matter(content) if content.startswith("---") else {}
+        errors = []
+        if not isinstance(meta, dict):
+            errors.append("metadata is not a mapping")
+            meta = {}
+        for bm in ([meta["base_model"]] if isinstance(meta.get("base_model"), str) else meta.get("base_model") or []):
+            if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", str(bm)):
+                errors.append(f'"base_model" must be a hub model id, got {bm!r}')
+        for lang in ([meta["language"]] if isinstance(meta.get("language"), str) else meta.get("language") or []):
+            if not re.fullmatch(r"[a-z]{2,3}(-[A-Za-z0-9]+)?", str(lang)):
+                errors.append(f'"language" {lang!r} is not a language code')
+        for entry in meta.get("model-index") or []:
+            if not entry.get("name") or not isinstance(entry.get("results"), list):
+                errors.append('"model-index" entries need a name and results')
+        status = 400 if errors else 200
+        self._send(status, json.dumps({"errors": [{"message": e} for e in errors], "warnings": []}).encode())
+
+    def _preupload(self) -> None:
+        files = json.loads(self._body() or b"{}").get("files", [])
+        out = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]
+        self._send(200, json.dumps({"files": out, "commitOid": None}).encode())
+
+    def _commit(self, repo: Repo, rev: str) -> None:
+        import base64
+
+        ref = repo.resolve(rev) or rev
+        files = dict(repo.revisions.get(ref, {}))
+        summary, paths = "", []
+        for line in self._body().splitlines():
+            if not line.strip():
+                continue
+            item = json.loads(line)
+            key, value = item.get("key"), item.get("value") or {}
+            if key == "header":
+                summary = value.get("summary", "")
+            elif key == "file":
+                raw = value["content"]
+                files[value["path"]] = base64.b64decode(raw) if value.get("encoding") == "base64" else raw.encode()
+                paths.append(value["path"])
+            elif key == "deletedFile":
+                files.pop(value["path"], None)
+            else:
+                return self._error(400, None, f"the stand-in does not implement commit items of kind {key!r}")
+        repo.revisions[ref] = files
+        self.standin.commits.append((repo.repo_id, summary, paths))
+        sha = repo.sha(ref)
+        prefix = "" if repo.repo_type == "model" else f"{repo.repo_type}s/"
+        self._send(200, json.dumps({"commitUrl": f"{self.standin.url}/{prefix}{repo.repo_id}/commit/{sha}", "commitOid": sha,
+                                    "success": True}).encode())
+
+    def _info(self, repo: Repo, repo_type: str, ref: str, files: dict[str, bytes]) -> None:
+        card = files.get("README.md")
+        sha = repo.sha(ref)
+        info = {"_id": sha[:24], "id": repo.repo_id, "sha": sha, "private": repo.private,
+                "gated": "auto" if repo.gated else False, "disabled": False, "downloads": 0, "likes": 0,
+                "tags": [], "lastModified": "2025-01-01T00:00:00.000Z",
+                "siblings": [{"rfilename": p} for p in sorted(files)],
+                "cardData": front_matter(card.decode()) if card else {}}
+        if repo_type == "model":
+            info["modelId"] = repo.repo_id
+        return self._send(200, json.dumps(info).encode())
+
+    def _tree(self, ref: str, files: dict[str, bytes], prefix: str, recursive: bool) -> None:
+        entries, folders = [], set()
+        for path in sorted(files):
+            if prefix and not path.startswith(prefix + "/"):
+                continue
+            rest = path[len(prefix) + 1:] if prefix else path
+            parts = rest.split("/")
+            for i in range(1, len(parts)):
+                folder = "/".join(([prefix] if prefix else []) + parts[:i])
+                if (recursive or i == 1) and folder not in folders:
+                    folders.add(folder)
+                    entries.append(self._folder(folder))
+            if recursive or len(parts) == 1:
+                entries.append(self._entry(path, files[path]))
+        if prefix and not entries:
+            return self._error(404, "EntryNotFound", f"{prefix} does not exist on {ref}")
+        return self._send(200, json.dumps(entries).encode())
+
+    def _paths_info(self, files: dict[str, bytes]) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length).decode() if length else ""
         form = urllib.parse.parse_qs(body)
