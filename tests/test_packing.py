@@ -13,7 +13,10 @@ sequences' own losses:
 
 from __future__ import annotations
 
+import json
 import random
+import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -230,3 +233,38 @@ def test_sft_bfd_packed_rows_keep_sequences_apart(base_model, sft_data, tmp_path
     for a, b in zip(starts[:-1], starts[1:]):
         seq = batch["input_ids"][0, a:b].tolist()
         torch.testing.assert_close(out[a:b], alone(model, seq), atol=1e-5, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- resume
+
+@pytest.mark.parametrize("stage", ["sft", "dpo"])
+def test_grouped_batches_resume_after_sigterm(tmp_path, base_model, sft_data, stage):
+    """llmkit sft/dpo with length-grouped batches, stopped by SIGTERM and run again: the loss at
+    the last step equals an uninterrupted run's (test_resume.py's tolerance). 40 rows in batches
+    of 4 and 24 steps: the run crosses two epoch boundaries, so each epoch's order must come
+    back from the seed and the epoch alone."""
+    from conftest import DATA, llmkit, read_jsonl, write_jsonl
+    from test_resume import TOL, _loss_at, checkpoints, start, trl_stage_args, wait_for
+
+    src = sft_data[0] if stage == "sft" else DATA / "preferences_train.jsonl"
+    data = write_jsonl(tmp_path / "data.jsonl", read_jsonl(src, 40))
+    steps = 24
+
+    def args(out):
+        return [*trl_stage_args(stage, out, base_model, data, steps), "--train_sampling_strategy", "group_by_length"]
+
+    ref = tmp_path / "ref"
+    assert llmkit(*args(ref)) == 0
+    out = tmp_path / "run"
+    metrics = Path(str(out) + ".partial") / "metrics.jsonl"
+    proc = start(args(out), tmp_path)
+    wait_for(lambda: metrics.is_file() and sum('"loss"' in line for line in metrics.read_text().splitlines()) >= 8, proc, timeout=300)
+    proc.send_signal(signal.SIGTERM)
+    text = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 143, text[-2000:]
+    assert checkpoints(out) and "length-grouped batches" in text
+    assert llmkit(*args(out)) == 0
+    assert abs(_loss_at(out, steps) - _loss_at(ref, steps)) < TOL
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["layout"]["batches"] == "length-grouped"
+    assert manifest["metrics"]["padding_grouped"] < manifest["metrics"]["padding_random"]
