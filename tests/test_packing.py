@@ -268,3 +268,23 @@ def test_grouped_batches_resume_after_sigterm(tmp_path, base_model, sft_data, st
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["layout"]["batches"] == "length-grouped"
     assert manifest["metrics"]["padding_grouped"] < manifest["metrics"]["padding_random"]
+
+
+# --------------------------------------------------------------------------- the choice per device
+
+def test_defaults_per_device_and_attention(monkeypatch):
+    from llmkit import modeling
+
+    monkeypatch.setattr(batching, "DEFAULT_ON", True)
+    monkeypatch.setattr(batching, "has_cuda", lambda: False)
+    assert batching.defaults("sft", {}) == batching.defaults("dpo", {}) == {"train_sampling_strategy": "group_by_length"}
+    for key in ("packing", "padding_free", "train_sampling_strategy"):  # a recipe that chose keeps its choice
+        assert batching.defaults("sft", {key: False}) == {}
+    monkeypatch.setattr(batching, "has_cuda", lambda: True)
+    monkeypatch.setattr(modeling, "default_attention", lambda: "flash_attention_2")
+    assert batching.defaults("sft", {})["packing"] is True and batching.defaults("sft", {})["packing_strategy"] == "bfd"
+    assert batching.defaults("dpo", {}) == {"train_sampling_strategy": "group_by_length"}  # TRL 1.16: no padding-free DPO
+    assert batching.defaults("sft", {"attn_implementation": "sdpa"}) == {"train_sampling_strategy": "group_by_length"}
+    assert batching.defaults("sft", {"attn_implementation": "kernels-community/flash-attn2"})["packing"] is True
+    monkeypatch.setattr(batching, "DEFAULT_ON", False)
+    assert batching.defaults("sft", {}) == {}
