@@ -79,7 +79,7 @@ def _key_list_file(stage: str) -> Path:
         except metadata.PackageNotFoundError:
             h.update(f" {lib}=none".encode())
     here = Path(__file__).resolve().parents[1]
-    for src in (here / "config.py", here / "stages" / "args.py", here / "stages" / f"{stage}.py"):  # where the stage's keys are declared
+    for src in (here / "config.py", *sorted((here / "stages").glob("*.py"))):  # where the stages' keys are declared
         h.update(src.read_bytes() if src.is_file() else b"")
     root = Path(os.environ.get("LLMKIT_CACHE_DIR", Path.cwd() / ".cache" / "llmkit"))
     return root / "keys" / f"{stage}-{h.hexdigest()[:16]}.json"

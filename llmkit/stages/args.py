@@ -12,8 +12,8 @@ from pathlib import Path
 @dataclass
 class DatasetArgs:
     datasets: list = field(default_factory=list, metadata={
-        "help": "Training data: local files or directories (jsonl, json, csv, parquet, txt), hub ids, or mixtures "
-                "({path, weight, format, columns, split}); the columns the stage reads are in its description."})
+        "help": "Training data: files or directories (jsonl, json, csv, parquet, txt), hub ids, or mixtures "
+                "({path, weight, format, columns}); the columns read: see above."})
     eval_datasets: list = field(default_factory=list, metadata={
         "help": "Held-out data in the same layout, never trained on: the stage's before/after metrics are measured on it."})
 

@@ -8,8 +8,9 @@ Features (keys):
   - vLLM generation on GPUs (`use_vllm`, `vllm_mode: colocate | server`)
   - greedy held-out accuracy before/after and samples.jsonl (`eval_datasets`, `eval_limit`)
 
-config -> validate (prompts, reward function names from llmkit.rewards, the columns they need,
-num_generations dividing the generation batch, reward model) -> policy = the SFT run (a LoRA
+config -> validate (prompts: a 'prompt' column, text or chat; reward function names from
+llmkit.rewards and the columns they need, e.g. 'answer'; num_generations dividing the
+generation batch; reward model) -> policy = the SFT run (a LoRA
 run is folded into its base; with `use_peft` a new adapter is trained and disabling it gives
 the reference; for full training with beta > 0 the merged SFT model is written to the staging
 directory so that TRL rebuilds the reference from it, not from a base checkpoint) -> rewards:

@@ -7,11 +7,12 @@ Features (keys):
   - KL penalty k1/k3 (`kl_estimator`, `kl_coef`), adaptive KL (`adaptive_kl`, `kl_target`), whitening
   - full or LoRA (`use_peft`; a LoRA run's adapter keeps training); `accelerate launch`; resume
 
-config -> validate (prompts, reward model / reward functions, tokenizers, batch sizes, PPO
-values) -> policy, reference, reward and value models -> for each step: sample completions,
-score them, per-token KL penalty, GAE, then `num_ppo_epochs` of clipped PPO updates over
-`num_mini_batches` -> greedy eval reward on held-out prompts before and after -> run directory
-(policy or adapter + tokenizer, value_model/, metrics.jsonl, loss.png, samples.jsonl).
+config -> validate (prompts: a 'prompt' column, text or chat, the other columns reach the reward
+functions; reward model / reward functions, tokenizers, batch sizes, PPO values) -> policy,
+reference, reward and value models -> for each step: sample completions, score them, per-token
+KL penalty, GAE, then `num_ppo_epochs` of clipped PPO updates over `num_mini_batches` -> greedy
+eval reward on held-out prompts before and after -> run directory (policy or adapter +
+tokenizer, value_model/, metrics.jsonl, loss.png, samples.jsonl).
 
 Models, losses, metrics and batches: llmkit/stages/ppo_trainer.py (its docstring follows in --help).
 """
@@ -23,14 +24,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import TrainingArguments
 from trl import ModelConfig
 
 from llmkit import data, lineage, modeling, runs
 from llmkit.config import LlmkitError, StageConfig
 from llmkit.stages import checks, common, devices, disk, ppo_trainer
 from llmkit.stages.args import DataArgs, tokenizer_path
-from llmkit.stages.ppo_trainer import PPOTrainer, load_models
+from llmkit.stages.ppo_trainer import PPOConfig, PPOTrainer, load_models
 
 STAGE = "ppo"
 # the stage's key numbers, (label, metric before training, metric after): manifest "summary", `llmkit run`, reports
@@ -53,37 +53,6 @@ class PpoArgs(DataArgs):
     value_model_path: str | None = field(default=None, metadata={
         "help": "Initial value model (num_labels=1, the policy's tokenizer). Default: the reward model, else the policy with a new "
                 "score head."})
-
-
-@dataclass
-class PPOConfig(TrainingArguments):
-    num_ppo_epochs: int = field(default=4, metadata={"help": "Passes of PPO updates over each batch of rollouts."})
-    num_mini_batches: int = field(default=1, metadata={
-        "help": "Mini-batches (optimizer steps) per pass; must divide per_device_train_batch_size."})
-    whiten_rewards: bool = field(default=False, metadata={"help": "Rescale the per-token rewards to unit std (mean kept) before GAE."})
-    kl_coef: float = field(default=0.05, metadata={
-        "help": "Weight of the per-token KL penalty to the reference (initial value with adaptive_kl)."})
-    kl_estimator: str = field(default="k1", metadata={
-        "help": "Per-token KL estimator: k1 (logp - ref) or k3 (non-negative, lower variance)."})
-    adaptive_kl: bool = field(default=False, metadata={"help": "Adapt kl_coef towards kl_target (Ziegler et al. 2019)."})
-    kl_target: float = field(default=6.0, metadata={"help": "Target KL (nats per response) of the adaptive controller."})
-    kl_horizon: float = field(default=10000, metadata={"help": "Horizon (episodes) of the adaptive controller."})
-    cliprange: float = field(default=0.2, metadata={"help": "PPO ratio clip range."})
-    vf_coef: float = field(default=0.1, metadata={"help": "Weight of the value loss."})
-    cliprange_value: float = field(default=0.2, metadata={"help": "Clip range of the value update."})
-    gamma: float = field(default=1.0, metadata={"help": "Discount factor."})
-    lam: float = field(default=0.95, metadata={"help": "GAE lambda."})
-    response_length: int = field(default=53, metadata={"help": "Maximum new tokens per completion."})
-    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (also applied to every log-probability)."})
-    stop_token: str | None = field(default="eos", metadata={
-        "help": "'eos': responses end at EOS or the chat end-of-turn token (<|im_end|>); null: never cut."})
-    missing_eos_penalty: float | None = field(default=None, metadata={
-        "help": "Subtracted from the score of responses without a stop token."})
-    total_episodes: int | None = field(default=None, metadata={
-        "help": "Completions to train on (all processes); used when max_steps is not set."})
-    local_rollout_forward_batch_size: int = field(default=64, metadata={
-        "help": "Chunk size of generation and no-grad forward passes during rollouts."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the hub (as in TRL's configs)."})
 
 
 CLASSES = [PpoArgs, ModelConfig, PPOConfig]
@@ -154,7 +123,6 @@ def check_scalar_model(path: str, key: str, tokenizer, retokenize: bool):
     if not same and not retokenize:
         raise LlmkitError(f"{differs}: set reward_retokenize: true to score decoded text with its own tokenizer")
     return tok, same
-
 
 
 def check_rewards(a: PpoArgs, tokenizer, src: str):
@@ -248,8 +216,7 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     samples_after: list = []
     if held:
         metrics["eval_reward_before"] = trainer.state["eval_reward_before"]
-        metrics["eval_reward"], samples_after = trainer.evaluate(trainer.held, trainer.held_ids, a.sample_prompts,
-                                                                 "llmkit ppo: held-out reward (after)")
+        metrics["eval_reward"], samples_after = trainer.held_out_reward("llmkit ppo: held-out reward (after)")
     if last:
         metrics["final_kl"] = last["objective/kl"]
         metrics["final_reward"] = last["reward/mean"]

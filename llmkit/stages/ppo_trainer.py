@@ -1,7 +1,7 @@
-"""llmkit's PPO trainer (TRL >= 1.13 ships none): rollouts, rewards, GAE and clipped updates
-over transformers, PEFT and accelerate, with checkpoints and resume through the shared code
-(stages/checkpoints.py).  The math is in ppo_core.py; the stage (config, validation, run
-directory) in ppo.py.
+"""llmkit's PPOConfig and PPOTrainer (TRL >= 1.13 ships neither): rollouts, rewards, GAE and
+clipped updates over transformers, PEFT and accelerate, with checkpoints and resume through the
+shared code (stages/checkpoints.py).  The math is in ppo_core.py; the stage (llmkit's own keys,
+validation, data, run directory) in ppo.py.
 
 Models
 * policy: `model_name_or_path` — a full model (trained in full, or with a fresh LoRA when
@@ -57,12 +57,54 @@ import json
 import math
 import random
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from transformers import TrainingArguments
 
 from llmkit import modeling
 from llmkit.config import LlmkitError
 from llmkit.stages import checkpoints
 from llmkit.stages import ppo_core as core
+
+# --------------------------------------------------------------------------- the config
+
+
+@dataclass
+class PPOConfig(TrainingArguments):
+    """TrainingArguments plus the PPO keys (the names of TRL's former PPOConfig)."""
+
+
+    num_ppo_epochs: int = field(default=4, metadata={"help": "Passes of PPO updates over each batch of rollouts."})
+    num_mini_batches: int = field(default=1, metadata={
+        "help": "Mini-batches (optimizer steps) per pass; must divide per_device_train_batch_size."})
+    whiten_rewards: bool = field(default=False, metadata={"help": "Rescale the per-token rewards to unit std (mean kept) before GAE."})
+    kl_coef: float = field(default=0.05, metadata={
+        "help": "Weight of the per-token KL penalty to the reference (initial value with adaptive_kl)."})
+    kl_estimator: str = field(default="k1", metadata={
+        "help": "Per-token KL estimator: k1 (logp - ref) or k3 (non-negative, lower variance)."})
+    adaptive_kl: bool = field(default=False, metadata={"help": "Adapt kl_coef towards kl_target (Ziegler et al. 2019)."})
+    kl_target: float = field(default=6.0, metadata={"help": "Target KL (nats per response) of the adaptive controller."})
+    kl_horizon: float = field(default=10000, metadata={"help": "Horizon (episodes) of the adaptive controller."})
+    cliprange: float = field(default=0.2, metadata={"help": "PPO ratio clip range."})
+    vf_coef: float = field(default=0.1, metadata={"help": "Weight of the value loss."})
+    cliprange_value: float = field(default=0.2, metadata={"help": "Clip range of the value update."})
+    gamma: float = field(default=1.0, metadata={"help": "Discount factor."})
+    lam: float = field(default=0.95, metadata={"help": "GAE lambda."})
+    response_length: int = field(default=53, metadata={"help": "Maximum new tokens per completion."})
+    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (also applied to every log-probability)."})
+    stop_token: str | None = field(default="eos", metadata={
+        "help": "'eos': responses end at EOS or the chat end-of-turn token (<|im_end|>); null: never cut."})
+    missing_eos_penalty: float | None = field(default=None, metadata={
+        "help": "Subtracted from the score of responses without a stop token."})
+    total_episodes: int | None = field(default=None, metadata={
+        "help": "Completions to train on (all processes); used when max_steps is not set."})
+    local_rollout_forward_batch_size: int = field(default=64, metadata={
+        "help": "Chunk size of generation and no-grad forward passes during rollouts."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the hub (as in TRL's configs)."})
+
+
+# --------------------------------------------------------------------------- models
 
 
 def score_head(model):
@@ -216,8 +258,7 @@ class PPOTrainer:
         resume = checkpoints.resume_point(staging)
         start = self.load_checkpoint(Path(resume)) if resume else 0
         if self.held and "eval_reward_before" not in self.state:
-            self.state["eval_reward_before"], self.samples_before = self.evaluate(self.held, self.held_ids, self.sample_prompts,
-                                                                                  "llmkit ppo: held-out reward (before)")
+            self.state["eval_reward_before"], self.samples_before = self.held_out_reward("llmkit ppo: held-out reward (before)")
         if self.acc.is_main_process:
             before = f", eval reward before {self.state['eval_reward_before']:.4f}" if self.held else ""
             print(f"llmkit ppo: {steps} steps x {self.global_batch} prompts ({self.world} process{'es' if self.world > 1 else ''}), "
@@ -425,6 +466,11 @@ class PPOTrainer:
         import torch
 
         return self.acc.reduce(torch.tensor(values, dtype=torch.float64, device=self.acc.device), reduction=reduction).tolist()
+
+    def held_out_reward(self, desc: str | None = None):
+        """(mean reward of greedy completions to the held-out prompts of all processes, this
+        process's first ``sample_prompts`` completions)."""
+        return self.evaluate(self.held, self.held_ids, self.sample_prompts, desc)
 
     def evaluate(self, rows, prompt_ids, n_samples: int = 0, desc: str | None = None):
         """Mean score of greedy completions over all processes' held-out prompts (and samples)."""

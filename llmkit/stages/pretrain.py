@@ -7,8 +7,8 @@ Features (keys):
   - held-out perplexity before/after (`eval_datasets`, `eval_split_size`); checkpoints and resume (`save_steps`)
   - multi-process / multi-node under `accelerate launch`; `report_to: tensorboard | trackio`
 
-config -> validate -> read text -> tokenize, append EOS, pack into blocks of `block_size`
-(no padding at all) -> build the model (`model_config` from scratch, or `model_name_or_path`,
+config -> validate -> read text (a 'text' column) -> tokenize, append EOS, pack into blocks
+of `block_size` (no padding at all) -> build the model (`model_config` from scratch, or `model_name_or_path`,
 optionally with LoRA) -> transformers Trainer -> held-out perplexity before and after -> save
 run directory (model + tokenizer, metrics.jsonl, loss.png, manifest.json).
 """

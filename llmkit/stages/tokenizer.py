@@ -6,9 +6,9 @@ Features (keys):
   - special tokens and a ChatML chat template with {% generation %} markers (`chat_template`)
   - fertility and round-trip rate on held-out text (`eval_datasets`; the old `heldout_datasets` is still read)
 
-config -> validate -> read text -> train with `tokenizers` -> wrap as an HF tokenizer with
-special tokens and a chat template carrying {% generation %} markers -> fertility (tokens per
-word) and round-trip rate on held-out text -> save run directory.
+config -> validate -> read text (a 'text' column) -> train with `tokenizers` -> wrap as an HF
+tokenizer with special tokens and a chat template carrying {% generation %} markers ->
+fertility (tokens per word) and round-trip rate on held-out text -> save run directory.
 """
 
 from __future__ import annotations
