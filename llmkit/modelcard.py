@@ -44,7 +44,7 @@ def _eval_results(results: dict[str, Any] | None):
         value = ((task.get("metrics") or {}).get(primary) or {}).get("value")
         if primary and isinstance(value, (int, float)):
             out.append(EvalResult(task_type="text-generation", dataset_type=name, dataset_name=name, metric_type=primary,
-                                  metric_value=round(float(value), 4), source_name="llmkit eval (lm-evaluation-harness)"))
+                                  metric_value=round(float(value), 4)))
     return out
 
 
