@@ -91,7 +91,8 @@ def add_suite_repos(hub: HubStandin, *, skip: tuple[str, ...] = (), variant: dic
                             "label": D.ClassLabel(names=["0", "1"])})
     files = {"README.md": readme([_configs("es", {s: f"es/{s}-*" for s in splits3})], {"license": "other"})}
     for s in splits3:
-        files[f"es/{s}-00000-of-00001.parquet"] = parquet_bytes(rows("paws_es_spanish_bench", "test" if s != "train" else "train"), paws_feat)
+        split_rows = rows("paws_es_spanish_bench", "test" if s != "train" else "train")
+        files[f"es/{s}-00000-of-00001.parquet"] = parquet_bytes(split_rows, paws_feat)
     add("google-research-datasets/paws-x", files)
     hub.alias("paws-x", "google-research-datasets/paws-x")
 

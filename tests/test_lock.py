@@ -140,7 +140,8 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path, corpus, capsys):
     out.parent.mkdir(parents=True)
     pid = _dead_pid()
     assert not runs.pid_alive(pid)
-    stale = {"pid": pid, "host": socket.gethostname(), "command": "llmkit tokenizer --config old.yaml", "started_at": "2026-01-01T00:00:00+00:00"}
+    stale = {"pid": pid, "host": socket.gethostname(), "command": "llmkit tokenizer --config old.yaml",
+             "started_at": "2026-01-01T00:00:00+00:00"}
     runs.lock_path(out).write_text(json.dumps(stale))
     assert llmkit(*tokenizer_argv(out, corpus)) == 0
     printed = capsys.readouterr().out

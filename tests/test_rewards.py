@@ -115,7 +115,8 @@ def test_extract_answer(text, expected):
 
 NO_ANSWER = [
     "", "36 más 5 son 41.",  # never states it: no fallback to the last number (documented)
-    "La respuesta es", "La respuesta es.", "La respuesta es:", "La respuesta es\n\n", "La respuesta es x.", "La respuesta es un número par.",
+    "La respuesta es", "La respuesta es.", "La respuesta es:", "La respuesta es\n\n", "La respuesta es x.",
+    "La respuesta es un número par.",
     "The answer is 41.", "The answer is 41", "Answer: 41",  # English: not a statement (documented)
     "\\boxed{}", "\\boxed{12", "\\boxed{x+1}", "\\boxed{{}}", "Mi correspondencia es 5",
 ]
@@ -240,7 +241,8 @@ def words(n: int) -> str:
     return " ".join(["palabra"] * n)
 
 
-@pytest.mark.parametrize("n,expected", [(0, 0.0), (1, 1 / 3), (2, 2 / 3), (3, 1.0), (50, 1.0), (120, 1.0), (180, 0.5), (240, 0.0), (5000, 0.0)])
+@pytest.mark.parametrize("n,expected", [(0, 0.0), (1, 1 / 3), (2, 2 / 3), (3, 1.0), (50, 1.0), (120, 1.0), (180, 0.5), (240, 0.0),
+                                        (5000, 0.0)])
 def test_length_defaults(n, expected):
     assert close(one(length, words(n)), expected)
 
@@ -299,7 +301,8 @@ def test_get_reward_functions():
     assert all(callable(f) for f in get_reward_functions(list(REWARDS)))
 
 
-@pytest.mark.parametrize("names,hint", [(["math_acuracy"], "Did you mean: math_accuracy?"), (["format", "nope"], "'nope'"), ([None], "None")])
+@pytest.mark.parametrize("names,hint", [(["math_acuracy"], "Did you mean: math_accuracy?"), (["format", "nope"], "'nope'"),
+                                        ([None], "None")])
 def test_get_reward_functions_unknown(names, hint):
     with pytest.raises(LlmkitError) as exc:
         get_reward_functions(names)
