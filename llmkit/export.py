@@ -476,10 +476,10 @@ def gguf_usage(name: str, files: list[str], wrap: RoleWrap) -> str:
              + (" and the default system prompt" if wrap.default_system is not None else "") + "):", "", "```sh",
              f"ollama create {name} -f Modelfile", f"ollama run {name}", "```", "", "llama.cpp:", "", "```sh",
              f"llama-server -m {first} --jinja --port 8080      # OpenAI-compatible API on http://127.0.0.1:8080/v1",
-             f"llama-cli -m {first} --jinja -cnv", "```", "", "llmkit (llama-cpp-python's server):", "", "```sh",
-             "llmkit serve RUN --engine llama.cpp", "```", "",
-             f"LM Studio: copy {first} into a folder under LM Studio's models directory (`lms import {first}`); "
-             "the chat template is read from the GGUF.", "", "Files: " + ", ".join(f"`{f}`" for f in files) + "."]
+             f"llama-cli -m {first} --jinja -cnv", "```", "", "llmkit (llama-cpp-python's OpenAI server on this folder's first GGUF):",
+             "", "```sh", "llmkit serve . --engine llama.cpp", "```", "",
+             f"LM Studio: put {first} in a `<publisher>/<model>/` folder under LM Studio's models directory; "
+             "it reads the chat template from the GGUF.", "", "Files: " + ", ".join(f"`{f}`" for f in files) + "."]
     return "\n".join(lines)
 
 

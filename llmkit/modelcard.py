@@ -93,9 +93,9 @@ def card_text(run: str | Path, manifest: dict[str, Any], results: dict[str, Any]
     """The human part of the card (markdown, in English like the hub's)."""
     run = str(run)
     name = Path(run).resolve().name
-    stage = manifest.get("stage") or "?"
+    stage = manifest.get("stage")
     chain = _lineage(manifest, run)
-    lines = [f"# {name}", "", f"A Spanish language model trained with [llmkit](https://github.com/) — the `{stage}` stage."]
+    lines = [f"# {name}", "", "A Spanish language model" + (f" made with llmkit: its `{stage}` stage." if stage else ".")]
     if chain:
         lines += ["", "## How it was trained", ""]
         for step in chain:
@@ -120,7 +120,8 @@ def card_text(run: str | Path, manifest: dict[str, Any], results: dict[str, Any]
             m = (r.get("metrics") or {}).get(r.get("primary")) or {}
             err = _number(m.get("stderr")) if m.get("stderr") else ""
             lines.append(f"| {t} | {r.get('primary')} | {_number(m.get('value'))} | {err} |")
-    lines += ["", "## Reproduce", "", "```sh", f"llmkit {stage} --config {run}/config.yaml", "```"]
+    if stage and (Path(run) / "config.yaml").is_file():
+        lines += ["", "## Reproduce", "", "```sh", f"llmkit {stage} --config {run}/config.yaml", "```"]
     if manifest.get("wall_time_s") is not None:
         lines += ["", f"Finished {manifest.get('finished_at', '?')} in {manifest['wall_time_s']:.0f} s"
                   + (f" (git {manifest['git_revision'][:12]})." if manifest.get("git_revision") else ".")]
