@@ -61,13 +61,15 @@ def _lineage(manifest: dict[str, Any], run: str) -> list[dict[str, Any]]:
 
 
 def card_data(run: str | Path, manifest: dict[str, Any], results: dict[str, Any] | None = None,
-              license: str | None = None, extra_tags: list[str] | None = None, library: str | None = None):
+              license: str | None = None, extra_tags: list[str] | None = None, library: str | None = None,
+              files: str | Path | None = None):
+    """The metadata; FILES is where the run's files are now (its staging dir while it is written)."""
     from huggingface_hub import ModelCardData
 
     inputs = manifest.get("inputs") or {}
     chain = _lineage(manifest, str(run))
     root = chain[0]["path"] if chain else inputs.get("model")
-    lora = (Path(run) / "adapter_config.json").is_file()
+    lora = (Path(files or run) / "adapter_config.json").is_file()
     datasets = [d.get("path") if isinstance(d, dict) else d for d in inputs.get("datasets") or []]
     stages = [s["stage"] for s in chain if s.get("stage")]
     tags = ["llmkit", "spanish", *dict.fromkeys(stages), *(["lora"] if lora else []), *(extra_tags or [])]
@@ -89,7 +91,8 @@ def _number(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def card_text(run: str | Path, manifest: dict[str, Any], results: dict[str, Any] | None = None, usage: str | None = None) -> str:
+def card_text(run: str | Path, manifest: dict[str, Any], results: dict[str, Any] | None = None, usage: str | None = None,
+              files: str | Path | None = None) -> str:
     """The human part of the card (markdown, in English like the hub's)."""
     run = str(run)
     name = Path(run).resolve().name
@@ -120,7 +123,7 @@ def card_text(run: str | Path, manifest: dict[str, Any], results: dict[str, Any]
             m = (r.get("metrics") or {}).get(r.get("primary")) or {}
             err = _number(m.get("stderr")) if m.get("stderr") else ""
             lines.append(f"| {t} | {r.get('primary')} | {_number(m.get('value'))} | {err} |")
-    if stage and (Path(run) / "config.yaml").is_file():
+    if stage and (Path(files or run) / "config.yaml").is_file():
         lines += ["", "## Reproduce", "", "```sh", f"llmkit {stage} --config {run}/config.yaml", "```"]
     if manifest.get("wall_time_s") is not None:
         lines += ["", f"Finished {manifest.get('finished_at', '?')} in {manifest['wall_time_s']:.0f} s"
@@ -149,3 +152,22 @@ def write_model_card(run: str | Path, dest: str | Path, manifest: dict[str, Any]
     out = Path(dest) / "README.md"
     build_model_card(run, manifest, usage, license, extra_tags, library).save(out)
     return out
+
+
+def write_run_card(output_dir: str | Path, staging: str | Path, manifest: dict[str, Any]) -> None:
+    """A training stage's README.md, written into its staging dir just before the run is moved into
+    place (main process only; PEFT's empty template is replaced).  A card never fails a run."""
+    import sys
+
+    from huggingface_hub import ModelCard
+
+    from llmkit import runs
+
+    if not runs.is_main_process():
+        return
+    try:
+        data = card_data(output_dir, manifest, None, files=staging)
+        text = card_text(output_dir, manifest, None, files=staging)
+        ModelCard(f"---\n{data.to_yaml()}\n---\n\n{text}").save(Path(staging) / "README.md")
+    except Exception as exc:  # noqa: BLE001
+        print(f"llmkit: warning: no model card written ({type(exc).__name__}: {exc})", file=sys.stderr)

@@ -80,3 +80,13 @@ def llmkit_export_again(run, out):
     from llmkit.export import ExportArgs, export
 
     export(ExportArgs(run=str(run), format="merged", output_dir=str(out)))
+
+
+def test_a_training_stage_writes_its_model_card(lora_runs):
+    """finish_training_stage writes README.md (not PEFT's empty template) before the run is moved into place."""
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(lora_runs["sft"] / "README.md")
+    assert card.data.language == "es" and card.data.library_name == "peft" and "lora" in card.data.tags
+    assert "More Information Needed" not in card.text and "How it was trained" in card.text
+    assert f"llmkit sft --config {lora_runs['sft']}/config.yaml" in card.text
