@@ -34,6 +34,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from llmkit.config import LlmkitError
 
@@ -124,19 +125,10 @@ def _check_served_dir(path: str, what: str) -> None:
 
 def merged_copy(adapter: str) -> str:
     """The LoRA run ADAPTER folded into its base, cached under llmkit's cache dir (made once per
-    version of the adapter; nothing is written next to the run)."""
-    import hashlib
+    version of the adapter; nothing is written next to the run): modeling.merged_copy."""
+    from llmkit.modeling import merged_copy as cached_merge
 
-    from llmkit.modeling import merge_adapter_run
-
-    src = Path(adapter).resolve()
-    weights = next(iter(sorted(src.glob("adapter_model.*"))), src / "adapter_config.json")
-    key = hashlib.sha1(f"{src}:{weights.stat().st_mtime_ns}:{weights.stat().st_size}".encode()).hexdigest()[:12]
-    out = cache_dir() / "merged" / f"{src.name}-{key}"
-    if not (out / "manifest.json").is_file():
-        print(f"llmkit: merging the LoRA run {adapter} into {out}", file=sys.stderr, flush=True)
-        merge_adapter_run(str(adapter), str(out), dtype="bfloat16" if has_cuda() else "float32", overwrite=True)
-    return str(out)
+    return cached_merge(adapter)
 
 
 def plan_serving(target: str, adapters: list[str] | None = None, merged: bool = False, name: str | None = None,
@@ -452,14 +444,64 @@ def build_server(target: str, adapters: list[str] | None = None, merged: bool = 
     return server, plan, "vllm" if use_vllm else "transformers"
 
 
-def serve(target: str, adapters: list[str] | None = None, merged: bool = False, host: str = "127.0.0.1",
-          port: int = 8000, api_key: str | None = None, max_model_len: int | None = None, name: str | None = None,
-          engine: str = "auto", extra_args: list[str] | None = None) -> int:
+def _opt(default: Any, help: str, flag: str | None = None, **cli: Any) -> Any:
+    meta = {"help": help, "flag": flag, **cli}
+    if isinstance(default, list):
+        return field(default_factory=list, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ServeArgs:
+    """`llmkit serve`'s options: the one place each is declared, with its default and help text
+    (the command line is built from them by add_serve_arguments)."""
+
+    target: str = _opt("", "run directory, local model directory or hub id (a LoRA run is served over its base); with "
+                           "--engine llama.cpp also a .gguf file or an `llmkit export` directory", flag="model")
+    adapters: list[str] = _opt([], "also serve this LoRA adapter (same base) under NAME; repeatable", flag="--adapter",
+                               action="append", metavar="NAME=DIR")
+    merged: bool = _opt(False, "serve a LoRA run merged into its base (merged once, cached in .cache/llmkit/merged)")
+    name: str | None = _opt(None, "served name of the model (default: its directory name)")
+    host: str = _opt("127.0.0.1", "address to bind (default 127.0.0.1: this machine only)")
+    port: int = _opt(8000, "port to listen on")
+    api_key: str | None = _opt(None, "require this key on every request (default: $LLMKIT_API_KEY)", flag="--api-key")
+    max_model_len: int | None = _opt(None, "context length to serve (default: the model's; llama.cpp: 2048)", flag="--max-model-len")
+    engine: str = _opt("auto", "auto: vLLM when installed, else `transformers serve`; llama.cpp: llama-cpp-python's server "
+                               "on the run's GGUF (exported once, f16, cached in .cache/llmkit/gguf)", choices=list(ENGINES))
+    extra_args: list[str] = _opt([], "arguments after a lone -- go to the server unchanged", flag="")
+
+
+def add_serve_arguments(parser) -> None:
+    """ServeArgs' fields as argparse options (positional target, --key for the rest)."""
+    import dataclasses
+
+    types = {"port": int, "max_model_len": int}
+    for f in dataclasses.fields(ServeArgs):
+        meta = dict(f.metadata)
+        help_, flag = meta.pop("help"), meta.pop("flag")
+        if flag == "":
+            continue
+        if flag and not flag.startswith("-"):
+            parser.add_argument(flag, help=help_)
+            continue
+        kw: dict[str, Any] = {"help": help_, "dest": f.name, **meta}
+        if f.type in ("bool", bool):
+            kw["action"] = "store_true"
+        elif "action" not in kw:
+            kw["type"] = types.get(f.name, str)
+        default = f.default if f.default is not dataclasses.MISSING else []
+        kw["default"] = os.environ.get("LLMKIT_API_KEY") if f.name == "api_key" else default
+        parser.add_argument(flag or f"--{f.name}", **kw)
+
+
+def serve(args: ServeArgs) -> int:
     """`llmkit serve`: start, report, and block until Ctrl-C/SIGTERM; then stop the whole group."""
     from rich.console import Console
 
     console = Console(stderr=True)
-    server, plan, used = build_server(target, adapters, merged, host, port, api_key, max_model_len, name, engine, extra_args)
+    host, api_key = args.host, args.api_key
+    server, plan, used = build_server(args.target, args.adapters, args.merged, host, args.port, api_key, args.max_model_len,
+                                      args.name, args.engine, args.extra_args)
     if host not in ("127.0.0.1", "localhost", "::1"):
         console.print(f"[yellow]llmkit: listening on {host}: reachable from other machines"
                       f"{'' if api_key else ' WITHOUT an API key (add --api-key)'}[/]")
