@@ -4,7 +4,7 @@
     llmkit export runs/tiny-es/sft --format merged [--dtype bfloat16] [--output_dir DIR] [--overwrite]
 
 GGUF (llama.cpp, Ollama, LM Studio): a LoRA run is first folded into its base (the one merge,
-``serving.merged_copy``, cached); llama.cpp's own converter (``convert_hf_to_gguf.py`` from the
+``modeling.merged_copy``, cached); llama.cpp's own converter (``convert_hf_to_gguf.py`` from the
 pinned llama-cpp-python source distribution, installed by ``make setup`` into
 ``.venv/share/llmkit/``) writes an f32 GGUF, and llama.cpp's quantizer (``llama_model_quantize``
 through llama-cpp-python) makes each ``--quant`` from it.  Next to the ``<name>-<quant>.gguf``
@@ -281,11 +281,9 @@ def _model_arch(model_dir: Path) -> str:
 
 def _source_dir(run: str) -> Path:
     """The full model to convert: the run itself, or (a LoRA run) the cached merge."""
-    from llmkit.modeling import is_adapter_dir
+    from llmkit.modeling import is_adapter_dir, merged_copy
 
     if is_adapter_dir(run):
-        from llmkit.serving import merged_copy
-
         return Path(merged_copy(run))
     return Path(run)
 
