@@ -251,3 +251,19 @@ def test_every_label_in_both_languages_and_the_page_builds(ws):
         assert t("tab_recipes", lang) in labels and t("start", lang) in labels and t("prompt", lang) in labels
     with pytest.raises(LlmkitError, match="--lang 'fr'"):
         build(ws, "fr")
+
+
+def test_eval_commands_and_the_chain_stage_being_run(ws):
+    run = str(ws.runs_root / "tiny-es/sft")
+    assert jobs.eval_commands(ws, [run], "es_llm", 20.0, "auto") == [["eval", run, "--tasks", "es_llm", "--engine", "auto",
+                                                                       "--limit", "20"]]
+    assert jobs.eval_commands(ws, [run], "es", 0.5, "vllm")[0][-2:] == ["--limit", "0.5"]
+    assert jobs.eval_commands(ws, [run], "es", None, "vllm")[0][-1] == "vllm"
+    with pytest.raises(LlmkitError, match="is outside .* the page evaluates the runs under it"):
+        jobs.eval_commands(ws, ["/tmp/elsewhere/sft"], "es", 20, "auto")
+    with pytest.raises(LlmkitError, match="choose at least one run"):
+        jobs.eval_commands(ws, [], "es", 20, "auto")
+    log = "\n===== llmkit run: tokenizer (tokenizer, recipes/tiny-es/tokenizer.yaml) =====\n...\n" \
+          "===== llmkit run: pretrain (pretrain, recipes/tiny-es/pretrain.yaml) =====\n[step 3/40] loss 7.1\n"
+    assert jobs.chain_current(ws, "tiny-es", log) == ws.runs_root / "tiny-es/pretrain"
+    assert jobs.chain_current(ws, "tiny-es", "no stage yet") is None

@@ -191,7 +191,10 @@ def refresh_job(ws, recipe, name, text, lang):
     else:
         job["state"] = jobs.job_state(job)
     log = jobs.tail(job.get("log") if job else None, 60)
-    return progress_html(job, plan.output_dir, log, lang), curves_frame(plan.output_dir), log
+    out = plan.output_dir
+    if plan.stage == jobs.WHOLE_CHAIN:  # the chain's curves: those of the stage it is on
+        out = jobs.chain_current(ws, recipe, jobs.tail(job.get("log") if job else None, 2000)) or out
+    return progress_html(job, out, log, lang), curves_frame(out), log
 
 
 # ----------------------------------------------------------------------------- runs tab logic
@@ -237,18 +240,8 @@ def run_details(ws, run: str | None):
 
 
 def eval_start(ws, chosen: list[str], tasks: str, limit, engine: str, lang: str) -> str:
-    if not chosen:
-        return error_line(LlmkitError("choose at least one run to evaluate"))
-    commands = []
-    for run in chosen:
-        argv = ["eval", run, "--tasks", tasks, "--engine", engine]
-        if limit:
-            argv += ["--limit", str(int(limit) if float(limit) >= 1 else limit)]
-        commands.append(argv)
     try:
-        for run in chosen:
-            if not ws.inside(run):
-                raise LlmkitError(f"{run} is outside {ws.runs_root}; the page evaluates the runs under it")
+        commands = jobs.eval_commands(ws, chosen, tasks, limit, engine)
         job = jobs.start(ws, commands, ws.runs_root / "eval", "eval", kind="eval")
         return f"{t('started', lang)} (pid {job['pid']}): {job['command']}"
     except LlmkitError as exc:

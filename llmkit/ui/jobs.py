@@ -584,6 +584,38 @@ def chain_states(ws: Workspace, recipe: str) -> list[dict[str, str]]:
     return rows
 
 
+def eval_commands(ws: Workspace, chosen: list[str] | None, tasks: str, limit: Any, engine: str) -> list[list[str]]:
+    """One `llmkit eval RUN --tasks ... --engine ... [--limit N]` per chosen run (results go to
+    `<run's parent>/eval/<run>`, inside the runs root like the run)."""
+    if not chosen:
+        raise LlmkitError("choose at least one run to evaluate")
+    if not tasks:
+        raise LlmkitError("choose a task group (es, es_llm, es_beto, ...)")
+    commands = []
+    for run in chosen:
+        if not ws.inside(run):
+            raise LlmkitError(f"{run} is outside {ws.runs_root}; the page evaluates the runs under it")
+        argv = ["eval", str(run), "--tasks", tasks, "--engine", engine]
+        if limit:
+            argv += ["--limit", str(int(limit)) if float(limit) >= 1 else str(limit)]
+        commands.append(argv)
+    return commands
+
+
+CHAIN_STAGE_LINE = re.compile(r"^===== llmkit run: (\S+) ", re.M)
+
+
+def chain_current(ws: Workspace, recipe: str, log: str) -> Path | None:
+    """The output directory of the stage `llmkit run` is on (its last `===== llmkit run: NAME` line)."""
+    names = CHAIN_STAGE_LINE.findall(log)
+    if not names:
+        return None
+    for s in chain_states(ws, recipe):
+        if s["name"] == names[-1] and s["path"]:
+            return Path(s["path"])
+    return None
+
+
 def model_runs(ws: Workspace) -> list[str]:
     """Finished runs that hold a model to chat with, evaluate or serve (not tokenizer/reward)."""
     return [r["path"] for r in find_runs(ws) if r["status"] == "complete" and r["stage"] not in ("tokenizer", "reward", "eval")]
