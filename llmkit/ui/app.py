@@ -388,10 +388,12 @@ def build(ws: jobs.Workspace, lang: str = "es") -> gr.Blocks:
                 refresh_runs = L.add(gr.Button(L("refresh"), elem_id="ui-runs-refresh"), "refresh", "value")
                 chain = gr.HTML("", elem_id="ui-chain-box")
                 table = L.add(gr.Dataframe(runs_table(ws, lang), headers=cols("run_cols", lang), label=L("runs_table"),
-                                           interactive=False, wrap=True, elem_id="ui-runs"), "runs_table")
+                                           interactive=False, wrap=True, elem_id="ui-runs",
+                                           column_widths=["14%", "8%", "9%", "27%", "26%", "7%", "9%"]), "runs_table")
                 run_pick = L.add(gr.Dropdown([r["run"] for r in jobs.find_runs(ws)], label=L("run"), elem_id="ui-run-pick"), "run")
                 with gr.Row():
-                    pictures = L.add(gr.Gallery(label=L("pictures"), columns=2, height=320, elem_id="ui-pictures"), "pictures")
+                    pictures = L.add(gr.Gallery(label=L("pictures"), columns=2, height=360, object_fit="contain",
+                                                      elem_id="ui-pictures"), "pictures")
                     samples = L.add(gr.JSON(label=L("samples"), elem_id="ui-samples"), "samples")
             with L.add(gr.Tab(L("tab_eval"), id="eval", elem_id="tab-eval"), "tab_eval"):
                 from llmkit.evaluation.suite import GROUPS
