@@ -155,7 +155,8 @@ def lora_runs(tmp_path_factory, vllm_base, sft_data) -> dict[str, Path]:
         runs[name] = d / name
         rc = llmkit("sft", "--output_dir", runs[name], "--model_name_or_path", vllm_base, "--datasets", f"[{train}]",
                     "--max_length", "128", "--per_device_train_batch_size", "8", "--max_steps", "6",
-                    "--learning_rate", lr, "--use_peft", "--lora_r", "8", "--lora_alpha", "16", "--eval_strategy", "no", "--eval_split_size", "0",
+                    "--learning_rate", lr, "--use_peft", "--lora_r", "8", "--lora_alpha", "16",
+                    "--eval_strategy", "no", "--eval_split_size", "0",
                     "--sample_prompts", "0", "--logging_steps", "2")
         assert rc == 0
     return runs

@@ -222,7 +222,8 @@ def lora_r_zero_with_use_peft(c: Ctx):
 
 @case
 def lora_r_zero_with_use_peft_pretrain(c: Ctx):
-    return c.pretrain(model_config=None, tokenizer_name_or_path=None, model_name_or_path=str(c.base_model), use_peft=True, lora_r=0), ["lora_r"]
+    return c.pretrain(model_config=None, tokenizer_name_or_path=None, model_name_or_path=str(c.base_model),
+                      use_peft=True, lora_r=0), ["lora_r"]
 
 
 @case

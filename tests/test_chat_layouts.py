@@ -13,7 +13,8 @@ from llmkit.data import load_rows, to_dataset
 
 CHAT = [
     {"conversations": [{"from": "system", "value": "Eres un asistente útil."}, {"from": "human", "value": "¿Capital de Perú?"},
-                       {"from": "gpt", "value": "Lima."}, {"from": "human", "value": "¿Y de Chile?"}, {"from": "gpt", "value": "Santiago."}]},
+                       {"from": "gpt", "value": "Lima."}, {"from": "human", "value": "¿Y de Chile?"},
+                       {"from": "gpt", "value": "Santiago."}]},
     {"conversations": [{"from": "human", "value": "Hola"}, {"from": "gpt", "value": "¡Hola! ¿En qué te ayudo?"}], "id": "x2"},
 ]
 
@@ -23,7 +24,8 @@ def test_sharegpt_is_converted_with_role_mapping(tmp_path):
     rows, prov = load_rows([{"path": str(f), "format": "sharegpt"}], "sft")
     assert rows[0] == {"messages": [
         {"role": "system", "content": "Eres un asistente útil."}, {"role": "user", "content": "¿Capital de Perú?"},
-        {"role": "assistant", "content": "Lima."}, {"role": "user", "content": "¿Y de Chile?"}, {"role": "assistant", "content": "Santiago."},
+        {"role": "assistant", "content": "Lima."}, {"role": "user", "content": "¿Y de Chile?"},
+        {"role": "assistant", "content": "Santiago."},
     ]}
     assert rows[1] == {"messages": [{"role": "user", "content": "Hola"}, {"role": "assistant", "content": "¡Hola! ¿En qué te ayudo?"}]}
     assert prov[0]["rows"] == 2

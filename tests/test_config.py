@@ -212,7 +212,8 @@ def test_llmkit_own_numeric_keys_are_coerced_from_cli(stage, key, text, expected
     assert got == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("stage,key", [("sft", "eval_split_size"), ("pretrain", "block_size"), ("tokenizer", "vocab_size"), ("sft", "sample_prompts")])
+@pytest.mark.parametrize("stage,key", [("sft", "eval_split_size"), ("pretrain", "block_size"), ("tokenizer", "vocab_size"),
+                                       ("sft", "sample_prompts")])
 @pytest.mark.parametrize("where", ["yaml", "cli"])
 def test_llmkit_own_numeric_keys_reject_words(tmp_path, stage, key, where):
     with pytest.raises(LlmkitError) as e:
@@ -370,7 +371,8 @@ def test_hash_is_stable_across_processes(tmp_path):
     p.write_text("learning_rate: 1e-4\nmax_steps: 3\nlora_target_modules: [q_proj, v_proj]\n", encoding="utf-8")
     code = f"from llmkit.cli import load_config_for; print(load_config_for('sft', {str(p)!r}, None)[1].hash())"
     outs = {
-        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env={**__import__("os").environ, "PYTHONHASHSEED": s}).stdout.strip().splitlines()[-1]
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                       env={**__import__("os").environ, "PYTHONHASHSEED": s}).stdout.strip().splitlines()[-1]
         for s in ("1", "2")
     }
     assert len(outs) == 1
@@ -461,7 +463,8 @@ def test_duplicate_key_from_the_cli_is_one_error_line(tmp_path, capsys):
 def test_merge_keys_may_be_overridden_and_equal_keys_in_sibling_mappings_are_fine(tmp_path):
     p = tmp_path / "ok.yaml"
     p.write_text("base: &b {lora_r: 8, lora_alpha: 16}\nmodel_config:\n  <<: *b\n  lora_r: 4\nother:\n  lora_r: 2\n", encoding="utf-8")
-    assert read_yaml(p) == {"base": {"lora_r": 8, "lora_alpha": 16}, "model_config": {"lora_r": 4, "lora_alpha": 16}, "other": {"lora_r": 2}}
+    assert read_yaml(p) == {"base": {"lora_r": 8, "lora_alpha": 16}, "model_config": {"lora_r": 4, "lora_alpha": 16},
+                            "other": {"lora_r": 2}}
 
 
 @pytest.mark.parametrize("where", ["yaml", "cli"])

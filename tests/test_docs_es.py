@@ -109,51 +109,82 @@ def commands(text: str) -> list[str]:
 
 
 def check_command(cmd: str, targets: set[str], subs: set[str]) -> list[str]:
-    problems = []
     words = shlex.split(cmd)
-    recipe = "tiny-es"
     if words[0] == "make":
-        assigns = dict(w.split("=", 1) for w in words[1:] if re.match(r"^[A-Z_]+=", w))
-        named = [w for w in words[1:] if not re.match(r"^[A-Z_]+=", w)]
-        if not named:
-            problems.append(f"{cmd}: no make target")
-        for t in named:
-            if t not in targets:
-                problems.append(f"{cmd}: make has no target {t!r}")
-        recipe = assigns.get("RECIPE", recipe)
-        if not (REPO / "recipes" / recipe / "pipeline.yaml").is_file():
-            problems.append(f"{cmd}: no recipe recipes/{recipe}")
-        if "SFT_CONFIG" in assigns and not (REPO / "recipes" / recipe / assigns["SFT_CONFIG"]).is_file():
-            problems.append(f"{cmd}: no file recipes/{recipe}/{assigns['SFT_CONFIG']}")
-        if "ALGO" in assigns and assigns["ALGO"] not in ("dpo", "grpo", "ppo"):
-            problems.append(f"{cmd}: ALGO must be dpo, grpo or ppo")
-        if "ACCELERATE" in assigns and not (REPO / "recipes" / "accelerate" / f"{assigns['ACCELERATE']}.yaml").is_file():
-            problems.append(f"{cmd}: no recipes/accelerate/{assigns['ACCELERATE']}.yaml")
-        if "ARGS" in assigns:
-            stage = next((t for t in named if t in ("tokenizer", "pretrain", "sft", "reward")), None)
-            if stage:
-                problems += _check_overrides(cmd, stage, shlex.split(assigns["ARGS"]))
-        rest = []
+        problems = _check_make(cmd, words, targets)
     else:
-        if words[0].startswith(".venv/bin/"):
-            tool = words[0].removeprefix(".venv/bin/")
-            if not (REPO / ".venv" / "bin" / tool).exists() and tool not in ("llmkit", "python", "jupyter"):
-                problems.append(f"{cmd}: no {words[0]}")
-            if tool != "llmkit":
-                words = []
-            else:
-                words = ["llmkit", *words[1:]]
-        if words and words[0] != "llmkit":
-            problems.append(f"{cmd}: not an llmkit command")
+        problems = _check_llmkit(cmd, words, subs)
+    return problems + _check_recipe_paths(cmd)
+
+
+def _check_make(cmd: str, words: list[str], targets: set[str]) -> list[str]:
+    assigns = dict(w.split("=", 1) for w in words[1:] if re.match(r"^[A-Z_]+=", w))
+    named = [w for w in words[1:] if not re.match(r"^[A-Z_]+=", w)]
+    problems = _check_make_targets(cmd, named, targets)
+    problems += _check_make_assigns(cmd, assigns)
+    if "ARGS" in assigns:
+        stage = next((t for t in named if t in ("tokenizer", "pretrain", "sft", "reward")), None)
+        if stage:
+            problems += _check_overrides(cmd, stage, shlex.split(assigns["ARGS"]))
+    return problems
+
+
+def _check_make_targets(cmd: str, named: list[str], targets: set[str]) -> list[str]:
+    problems = []
+    if not named:
+        problems.append(f"{cmd}: no make target")
+    for t in named:
+        if t not in targets:
+            problems.append(f"{cmd}: make has no target {t!r}")
+    return problems
+
+
+def _check_make_assigns(cmd: str, assigns: dict[str, str]) -> list[str]:
+    problems = []
+    recipe = assigns.get("RECIPE", "tiny-es")
+    if not (REPO / "recipes" / recipe / "pipeline.yaml").is_file():
+        problems.append(f"{cmd}: no recipe recipes/{recipe}")
+    if "SFT_CONFIG" in assigns and not (REPO / "recipes" / recipe / assigns["SFT_CONFIG"]).is_file():
+        problems.append(f"{cmd}: no file recipes/{recipe}/{assigns['SFT_CONFIG']}")
+    if "ALGO" in assigns and assigns["ALGO"] not in ("dpo", "grpo", "ppo"):
+        problems.append(f"{cmd}: ALGO must be dpo, grpo or ppo")
+    if "ACCELERATE" in assigns and not (REPO / "recipes" / "accelerate" / f"{assigns['ACCELERATE']}.yaml").is_file():
+        problems.append(f"{cmd}: no recipes/accelerate/{assigns['ACCELERATE']}.yaml")
+    return problems
+
+
+def _llmkit_words(cmd: str, words: list[str]) -> tuple[list[str], list[str]]:
+    """(the words of an llmkit command, [] for anything else; problems with the program)."""
+    problems = []
+    if words[0].startswith(".venv/bin/"):
+        tool = words[0].removeprefix(".venv/bin/")
+        if not (REPO / ".venv" / "bin" / tool).exists() and tool not in ("llmkit", "python", "jupyter"):
+            problems.append(f"{cmd}: no {words[0]}")
+        if tool != "llmkit":
             words = []
-        rest = words[1:]
-        while rest and rest[0] == "--verbose":
-            rest = rest[1:]
-        if words:
-            if not rest or rest[0] not in subs:
-                problems.append(f"{cmd}: llmkit has no sub-command {rest[0] if rest else ''!r}")
-            elif rest[0] in ("tokenizer", "pretrain", "sft", "reward", "dpo", "grpo", "ppo"):
-                problems += _check_overrides(cmd, rest[0], rest[1:])
+        else:
+            words = ["llmkit", *words[1:]]
+    if words and words[0] != "llmkit":
+        problems.append(f"{cmd}: not an llmkit command")
+        words = []
+    return words, problems
+
+
+def _check_llmkit(cmd: str, words: list[str], subs: set[str]) -> list[str]:
+    words, problems = _llmkit_words(cmd, words)
+    rest = words[1:]
+    while rest and rest[0] == "--verbose":
+        rest = rest[1:]
+    if words:
+        if not rest or rest[0] not in subs:
+            problems.append(f"{cmd}: llmkit has no sub-command {rest[0] if rest else ''!r}")
+        elif rest[0] in ("tokenizer", "pretrain", "sft", "reward", "dpo", "grpo", "ppo"):
+            problems += _check_overrides(cmd, rest[0], rest[1:])
+    return problems
+
+
+def _check_recipe_paths(cmd: str) -> list[str]:
+    problems = []
     for w in shlex.split(cmd):
         for path in re.findall(r"(?:^|[=\s])(recipes/[\w./-]+)", " " + w):
             path = path.rstrip("/.,")

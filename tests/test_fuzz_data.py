@@ -420,7 +420,8 @@ def _lines(rows: list[dict]) -> list[bytes]:
 CLI_CASES = {
     "invalid_utf8": lambda ls: ls.__setitem__(2, ls[2][:20] + b"\xff\xfe" + ls[2][20:]) or 3,
     "truncated_json": lambda ls: ls.__setitem__(3, ls[3][:-5]) or 4,
-    "content_int": lambda ls: ls.__setitem__(1, json.dumps({"messages": [{"role": "user", "content": "hola"}, {"role": "assistant", "content": 5}]}).encode()) or 2,
+    "content_int": lambda ls: ls.__setitem__(
+        1, json.dumps({"messages": [{"role": "user", "content": "hola"}, {"role": "assistant", "content": 5}]}).encode()) or 2,
 }
 
 

@@ -100,7 +100,8 @@ def tiny(tmp_path_factory, tokenizer_run):
             tok.add_special_tokens({"additional_special_tokens": new})
             tok.bos_token, tok.eos_token, tok.pad_token = m.bos, m.eos, m.pad
             tok.chat_template = m.template
-            ids = {k: tok.convert_tokens_to_ids(t) for k, t in (("bos_token_id", m.bos), ("eos_token_id", m.eos), ("pad_token_id", m.pad)) if t}
+            ids = {k: tok.convert_tokens_to_ids(t)
+                   for k, t in (("bos_token_id", m.bos), ("eos_token_id", m.eos), ("pad_token_id", m.pad)) if t}
             cfg = AutoConfig.for_model(m.arch, vocab_size=len(tok), **TINY, **m.shape, **ids)
             torch.manual_seed(0)
             AutoModelForCausalLM.from_config(cfg).save_pretrained(out)
@@ -168,10 +169,12 @@ def test_recipe_trains_and_masks_like_the_model(tmp_path, tiny, data, recipe):
 
     # ---- LoRA SFT, one step
     sft = tmp_path / "sft"
-    assert _sft(recipe, "sft.yaml", sft, model, data, "--eval_split_size", "2", "--sample_prompts", "1", "--sample_max_new_tokens", "4") == 0
+    assert _sft(recipe, "sft.yaml", sft, model, data,
+                "--eval_split_size", "2", "--sample_prompts", "1", "--sample_max_new_tokens", "4") == 0
     metrics = _manifest(sft)["metrics"]
     assert _manifest(sft)["steps"] == 1 and metrics["trainable_parameters"] > 0
-    assert metrics["train_loss"] > 0 and metrics["eval_loss"] > 0  # the answers survive max_length (Salamandra's long default system prompt)
+    # the answers survive max_length (Salamandra's long default system prompt)
+    assert metrics["train_loss"] > 0 and metrics["eval_loss"] > 0
     targets = {t.rsplit(".", 1)[-1] for t in json.loads((sft / "adapter_config.json").read_text())["target_modules"]}
     assert {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"} <= targets
 
@@ -214,7 +217,8 @@ def test_recipe_trains_and_masks_like_the_model(tmp_path, tiny, data, recipe):
         cfg = load_stage_config(sft_stage.CLASSES, REPO / "recipes" / recipe / "sft_qlora.yaml", [], sft_stage.defaults)
         assert cfg.explicit["load_in_4bit"] is True
     else:
-        assert _sft(recipe, "sft_qlora.yaml", qlora, model, data, "--eval_split_size", "0", "--eval_strategy", "no", "--sample_prompts", "0") == 0
+        assert _sft(recipe, "sft_qlora.yaml", qlora, model, data,
+                    "--eval_split_size", "0", "--eval_strategy", "no", "--sample_prompts", "0") == 0
         assert _manifest(qlora)["metrics"]["mode"] == "qlora-4bit" and _manifest(qlora)["steps"] == 1
 
     # ---- DPO and GRPO over the LoRA SFT run, one step each

@@ -22,7 +22,8 @@ def test_notebook_is_valid_has_no_outputs_and_parses(name):
 
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     nbformat.validate(nb)
-    assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code"), "outputs are committed"
+    assert all(not c.get("outputs") and c.get("execution_count") is None
+               for c in nb.cells if c.cell_type == "code"), "outputs are committed"
     for src in _code(nb):
         ast.parse("\n".join(line for line in src.splitlines() if not line.lstrip().startswith(("!", "%"))))
     text = " ".join("".join(c["source"]) for c in nb.cells if c.cell_type == "markdown")

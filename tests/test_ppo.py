@@ -403,7 +403,8 @@ def refused(capsys, argv: list, out: Path, needles: list[str]) -> str:
 BAD = {
     "no reward": ([], ["PPO needs reward_model_path or reward_funcs"]),
     "unknown reward function": (["--reward_funcs", "[spanish, nope]"], ["unknown reward function 'nope'"]),
-    "reward weights count": (["--reward_funcs", "[spanish]", "--reward_weights", "[1, 2]"], ["reward_weights", "one number per reward source"]),
+    "reward weights count": (["--reward_funcs", "[spanish]", "--reward_weights", "[1, 2]"],
+                             ["reward_weights", "one number per reward source"]),
     "mini-batches do not divide": (["--reward_funcs", "[spanish]", "--num_mini_batches", "3"], ["num_mini_batches=3 does not divide", "8"]),
     "accumulation does not divide": (["--reward_funcs", "[spanish]", "--num_mini_batches", "2", "--gradient_accumulation_steps", "3"],
                                      ["gradient_accumulation_steps=3", "mini-batch of 4"]),
@@ -444,7 +445,8 @@ def test_bad_inputs_are_refused_before_any_work(tmp_path, capsys, base_model, pr
     # a causal LM given as reward model
     refused(capsys, ppo(out, base_model, prompts, "--reward_model_path", base_model), out, ["is not a reward model", "num_labels"])
     # a value model that is not there
-    refused(capsys, ppo(out, base_model, prompts, "--reward_funcs", "[spanish]", "--value_model_path", tmp_path / "missing"), out, ["not found"])
+    refused(capsys, ppo(out, base_model, prompts, "--reward_funcs", "[spanish]", "--value_model_path", tmp_path / "missing"),
+            out, ["not found"])
     # an unknown key
     refused(capsys, ppo(out, base_model, prompts, "--reward_funcs", "[spanish]", "--kl_cof", "0.1"), out, ["kl_cof", "kl_coef"])
 
@@ -493,7 +495,8 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, base_model, promp
     script.write_text(RESUME_SCRIPT)
 
     def cmd(out):
-        return [sys.executable, str(script), *[str(a) for a in ppo(out, base_model, prompts, "--reward_funcs", "[slow_spanish]", "--max_steps", "8",
+        return [sys.executable, str(script), *[str(a) for a in ppo(out, base_model, prompts,
+                                                                 "--reward_funcs", "[slow_spanish]", "--max_steps", "8",
                                                                  "--save_strategy", "steps", "--save_steps", "2", "--eval_split_size", "0",
                                                                  "--adaptive_kl", "true", "--kl_horizon", "100")]]
 
@@ -542,7 +545,8 @@ def test_sigterm_ends_the_step_saves_and_exits_143(tmp_path, base_model, prompts
     script = tmp_path / "run_ppo.py"
     script.write_text(RESUME_SCRIPT)
     out = tmp_path / "term"
-    cmd = [sys.executable, str(script), *[str(a) for a in ppo(out, base_model, prompts, "--reward_funcs", "[slow_spanish]", "--max_steps", "50",
+    cmd = [sys.executable, str(script), *[str(a) for a in ppo(out, base_model, prompts,
+                                                            "--reward_funcs", "[slow_spanish]", "--max_steps", "50",
                                                             "--save_strategy", "no", "--eval_split_size", "0")]]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(), cwd=tmp_path)
     metrics_file = tmp_path / "term.partial" / "metrics.jsonl"

@@ -23,7 +23,8 @@ TOL = 1e-4
 
 def pretrain_args(out: Path, tokenizer_run: Path, corpus: Path, steps: int = 120) -> list[str]:
     return ["pretrain", "--output_dir", str(out), "--tokenizer_name_or_path", str(tokenizer_run),
-            "--model_config", json.dumps(TINY_MODEL), "--datasets", f"[{corpus}]", "--eval_datasets", f"[{corpus.parent / 'heldout.jsonl'}]",
+            "--model_config", json.dumps(TINY_MODEL), "--datasets", f"[{corpus}]",
+            "--eval_datasets", f"[{corpus.parent / 'heldout.jsonl'}]",
             "--block_size", "64", "--max_steps", str(steps), "--per_device_train_batch_size", "4", "--learning_rate", "3e-3",
             "--logging_steps", "1", "--eval_steps", "1000", "--save_steps", "10", "--save_total_limit", "2"]
 

@@ -73,7 +73,8 @@ def test_reward_with_lora_on_an_sft_adapter_run(tmp_path, base_model, prefs, sft
     assert manifest(out)["metrics"]["mode"] == "lora"
 
 
-@pytest.mark.parametrize("extra", [["--use_peft", "--lora_r", "8"], ["--loss_type", "ipo", "--beta", "0.1"]], ids=["lora-sigmoid", "full-ipo"])
+@pytest.mark.parametrize("extra", [["--use_peft", "--lora_r", "8"], ["--loss_type", "ipo", "--beta", "0.1"]],
+                         ids=["lora-sigmoid", "full-ipo"])
 def test_dpo_grows_the_implicit_reward_margin(tmp_path, base_model, prefs, extra):
     out = tmp_path / "dpo"
     rc = llmkit("dpo", "--output_dir", out, "--model_name_or_path", base_model, "--datasets", f"[{prefs[0]}]",

@@ -19,7 +19,8 @@ def test_tensorboard_and_trackio_write_the_losses_inside_the_run(tmp_path, token
            "LLMKIT_CACHE_DIR": str(tmp_path / "cache"), "MPLCONFIGDIR": str(tmp_path / "cache" / "matplotlib")}
     env.pop("TRACKIO_DIR", None)
     env.pop("TENSORBOARD_LOGGING_DIR", None)
-    r = subprocess.run([sys.executable, "-m", "llmkit", "pretrain", "--output_dir", str(out), "--tokenizer_name_or_path", str(tokenizer_run),
+    r = subprocess.run([sys.executable, "-m", "llmkit", "pretrain", "--output_dir", str(out),
+                        "--tokenizer_name_or_path", str(tokenizer_run),
                         "--model_config", json.dumps(TINY_MODEL), "--datasets", f"[{corpus}]", "--block_size", "64",
                         "--eval_split_size", "0", "--max_steps", "6", "--logging_steps", "2", "--per_device_train_batch_size", "4",
                         "--report_to", "[tensorboard, trackio]"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
