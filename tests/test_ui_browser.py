@@ -250,6 +250,9 @@ def test_page_trains_stops_resumes_chats_and_switches_language(page_server, brow
     page.get_by_role("tab", name="Runs").wait_for()
     page.get_by_role("tab", name="Recipes").click()
     assert page.locator("#ui-start").inner_text().strip() == "Start / resume"
+    page.wait_for_selector("#ui-keys th[title='default']")  # the key table's headers too
+    assert page.locator("#ui-keys th[title='por defecto']").count() == 0
+    assert page.locator("#ui-curves").get_by_text("Curves (metrics.jsonl)").count() >= 1
     assert page.get_by_role("tab", name="Ejecuciones").count() == 0
     page.screenshot(path=str(shots / "recipes-en.png"), full_page=True)
     page.close()

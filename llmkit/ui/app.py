@@ -77,15 +77,23 @@ def show_stage(ws: jobs.Workspace, recipe: str | None, name: str | None):
         return "", error_line(exc)
 
 
-def show_keys(ws: jobs.Workspace, recipe: str | None, name: str | None) -> list[list[str]]:
+def show_keys(ws: jobs.Workspace, recipe: str | None, name: str | None, lang: str):
     """Every key of the stage with the recipe's value, its default and help (imports the stage: seconds)."""
-    if not recipe or not name or name == jobs.WHOLE_CHAIN:
-        return []
-    try:
-        entry = jobs.stage_entry(ws, recipe, name)
-        return jobs.key_rows(entry["stage"], jobs.read_yaml(entry["config"]))
-    except LlmkitError as exc:
-        return [["", "", "", error_line(exc)]]
+    rows: list[list[str]] = []
+    if recipe and name and name != jobs.WHOLE_CHAIN:
+        try:
+            entry = jobs.stage_entry(ws, recipe, name)
+            rows = jobs.key_rows(entry["stage"], jobs.read_yaml(entry["config"]))
+        except LlmkitError as exc:
+            rows = [["", "", "", error_line(exc)]]
+    return _frame(rows, cols("key_cols", lang))
+
+
+def _frame(rows: list[list[str]], headers: list[str]):
+    """A table whose column names are the headers (in the page's language)."""
+    import pandas as pd
+
+    return pd.DataFrame(rows, columns=headers)
 
 
 def warm_up(ws: jobs.Workspace, recipe: str | None) -> None:
@@ -200,10 +208,10 @@ def refresh_job(ws, recipe, name, text, lang):
 # ----------------------------------------------------------------------------- runs tab logic
 
 
-def runs_table(ws, lang) -> list[list[str]]:
+def runs_table(ws, lang):
     rows = jobs.find_runs(ws)
-    return [[r["run"], r["stage"], t("status_" + r["status"], lang), r["inputs"], r["metrics"], r["wall_time"], r["finished"]]
-            for r in rows]
+    return _frame([[r["run"], r["stage"], t("status_" + r["status"], lang), r["inputs"], r["metrics"], r["wall_time"], r["finished"]]
+                   for r in rows], cols("run_cols", lang))
 
 
 def chain_html(ws, recipe, lang) -> str:
@@ -381,13 +389,13 @@ def build(ws: jobs.Workspace, lang: str = "es") -> gr.Blocks:
                         log = L.add(gr.Textbox("", label=L("log"), lines=12, max_lines=12, interactive=False, autoscroll=True,
                                                elem_id="ui-log"), "log")
                     with gr.Column(scale=2):
-                        keys = L.add(gr.Dataframe([], headers=cols("key_cols", lang), label=L("keys"), interactive=False,
+                        keys = L.add(gr.Dataframe(show_keys(ws, None, None, lang), label=L("keys"), interactive=False,
                                                   wrap=True, max_height=900, column_widths=["28%", "22%", "15%", "35%"],
                                                   elem_id="ui-keys"), "keys")
             with L.add(gr.Tab(L("tab_runs"), id="runs", elem_id="tab-runs"), "tab_runs"):
                 refresh_runs = L.add(gr.Button(L("refresh"), elem_id="ui-runs-refresh"), "refresh", "value")
                 chain = gr.HTML("", elem_id="ui-chain-box")
-                table = L.add(gr.Dataframe(runs_table(ws, lang), headers=cols("run_cols", lang), label=L("runs_table"),
+                table = L.add(gr.Dataframe(runs_table(ws, lang), label=L("runs_table"),
                                            interactive=False, wrap=True, elem_id="ui-runs",
                                            column_widths=["14%", "8%", "9%", "27%", "26%", "7%", "9%"]), "runs_table")
                 run_pick = L.add(gr.Dropdown([r["run"] for r in jobs.find_runs(ws)], label=L("run"), elem_id="ui-run-pick"), "run")
@@ -442,11 +450,12 @@ def build(ws: jobs.Workspace, lang: str = "es") -> gr.Blocks:
 
         # ---- wiring
         def on_recipe(r, lg):
-            return gr.update(choices=stage_choices(ws, r, lg), value=None), *show_stage(ws, r, None), [], chain_html(ws, r, lg)
+            return gr.update(choices=stage_choices(ws, r, lg), value=None), *show_stage(ws, r, None), show_keys(ws, r, None, lg), \
+                chain_html(ws, r, lg)
 
         recipe.change(on_recipe, [recipe, lang_radio], [stage, yaml_box, command, keys, chain])
         stage.change(lambda r, s: show_stage(ws, r, s), [recipe, stage], [yaml_box, command]).then(
-            lambda r, s: show_keys(ws, r, s), [recipe, stage], [keys])
+            lambda r, s, lg: show_keys(ws, r, s, lg), [recipe, stage, lang_radio], [keys])
         yaml_box.change(lambda r, s, y: command_for(ws, r, s, y), [recipe, stage, yaml_box], [command])
         check_btn.click(lambda r, s, y, lg: check(ws, r, s, y, lg), [recipe, stage, yaml_box, lang_radio], [message, command])
         start_btn.click(lambda r, s, y, lg: start(ws, r, s, y, lg), [recipe, stage, yaml_box, lang_radio], [message, command])
@@ -478,9 +487,14 @@ def build(ws: jobs.Workspace, lang: str = "es") -> gr.Blocks:
         unserve_btn.click(lambda r, lg: serve_stop(r, lg), [serve_run, lang_radio], [serve_msg])
         timer.tick(lambda r, lg: serve_status(r, lg), [serve_run, lang_radio], [serve_state, serve_log, snippet], show_progress="hidden")
 
-        def on_lang(lg, r):
-            return [*L.updates(lg), gr.update(label=t("lang", lg)), gr.update(choices=stage_choices(ws, r, lg)),
-                    runs_table(ws, lg), chain_html(ws, r, lg)]
+        def on_lang(lg, r, s):
+            updates = L.updates(lg)
+            more = {id(keys): {"value": show_keys(ws, r, s, lg)}, id(table): {"value": runs_table(ws, lg)},  # headers too
+                    id(stage): {"choices": stage_choices(ws, r, lg)}}
+            for i, (c, _, _) in enumerate(L.items):
+                if id(c) in more:
+                    updates[i] = gr.update(label=updates[i]["label"], **more[id(c)])
+            return [*updates, chain_html(ws, r, lg)]
 
-        lang_radio.change(on_lang, [lang_radio, recipe], [*(c for c, _, _ in L.items), lang_radio, stage, table, chain])
+        lang_radio.change(on_lang, [lang_radio, recipe, stage], [*(c for c, _, _ in L.items), chain])
     return demo
