@@ -279,6 +279,22 @@ def _model_arch(model_dir: Path) -> str:
     return (cfg.get("architectures") or [cfg.get("model_type", "?")])[0]
 
 
+def local_model_dir(model: str) -> Path:
+    """MODEL's files on this machine: a local directory, or a hub id's snapshot in the HF cache
+    (config, tokenizer and safetensors: what the merge loads anyway; from the cache when offline)."""
+    if Path(model).is_dir():
+        return Path(model)
+    from huggingface_hub import snapshot_download
+
+    from llmkit import hub
+
+    try:
+        return Path(snapshot_download(model, allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.model", "*.txt"],
+                                      local_files_only=hub.offline()))
+    except Exception as exc:  # noqa: BLE001 - one line naming the repo and the fix
+        raise hub.explain(exc, model, "model", what="base model") from None
+
+
 def _source_dir(run: str) -> Path:
     """The full model to convert: the run itself, or (a LoRA run) the cached merge."""
     from llmkit.modeling import is_adapter_dir, merged_copy
@@ -294,6 +310,7 @@ def _size_of(path: Path) -> int:
 
 def _params(model_dir: Path) -> int:
     """Parameter count from the safetensors headers (no weights loaded)."""
+    import math
     import struct
 
     n = 0
@@ -302,7 +319,7 @@ def _params(model_dir: Path) -> int:
             header = json.loads(fh.read(struct.unpack("<Q", fh.read(8))[0]))
         for k, v in header.items():
             if k != "__metadata__":
-                n += int(__import__("math").prod(v["shape"]))
+                n += int(math.prod(v["shape"]))
     return n
 
 
@@ -385,7 +402,7 @@ def export(a: ExportArgs) -> Path:
     """`llmkit export`: check everything, stage the export, rename it into place."""
     from llmkit import runs
     from llmkit.config import StageConfig
-    from llmkit.modeling import is_adapter_dir, load_tokenizer
+    from llmkit.modeling import adapter_base, is_adapter_dir, load_tokenizer
 
     started = time.time()
     _check_args(a)
@@ -401,7 +418,7 @@ def export(a: ExportArgs) -> Path:
     if a.format == "merged":
         return export_merged(a, out, lora)
     script = check_tools()
-    base_dir = Path(a.run) if not lora else Path(__import__("llmkit.modeling", fromlist=["adapter_base"]).adapter_base(a.run))
+    base_dir = Path(a.run) if not lora else local_model_dir(adapter_base(a.run))
     arch = _model_arch(base_dir)
     pre = llama_cpp_pre_tokenizer(a.run if (Path(a.run) / "tokenizer.json").is_file() else base_dir)
     if not tok.chat_template:
@@ -454,7 +471,9 @@ def export_merged(a: ExportArgs, out: Path, lora: bool) -> Path:
 
     if not lora:
         raise LlmkitError(f"{a.run} is already a full model (no adapter_config.json): nothing to merge; copy or push it as it is")
-    params = _params(Path(__import__("llmkit.modeling", fromlist=["adapter_base"]).adapter_base(a.run)))
+    from llmkit.modeling import adapter_base
+
+    params = _params(local_model_dir(adapter_base(a.run)))
     check_disk(out, int(params * (4 if a.dtype == "float32" else 2) * 1.05))
     result = merge_adapter_run(a.run, str(out), dtype=a.dtype, overwrite=a.overwrite)
     _write_card(a.run, result, usage=None, gguf=False)

@@ -2,7 +2,7 @@
 
 Two models, each exported to f16 and q8_0 with llama.cpp's own converter and quantizer:
   * the demo's kind of SFT run: a LoRA over a tiny Llama with llmkit's own byte-level BPE
-    tokenizer (conftest's lora_runs["sft"]);
+    tokenizer (conftest's lora_runs["sft"], its lora_B spread by spread_lora so that greedy text varies);
   * a random Qwen2-architecture model with a Qwen-style tokenizer (Qwen2's split pre-tokenizer,
     NFC, trained here on the project corpus) and TRL's Qwen2.5 chat template (default system prompt).
 
@@ -85,12 +85,38 @@ def qwen_model(tmp_path_factory, corpus) -> Path:
     return out
 
 
+def spread_lora(run: Path, dest: Path, seed: int = 0, scale: float = 0.5) -> Path:
+    """A copy of the LoRA run RUN whose lora_B matrices are seeded random (A stays as trained).
+
+    Six SFT steps over the random tiny base leave B near its zero init, and the model's greedy text
+    is one repeated token ('\n'): equal in any two engines without saying anything.  With B
+    spread the adapter changes every layer, and greedy text varies."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(run, dest)
+    weights = load_file(dest / "adapter_model.safetensors")
+    g = torch.Generator().manual_seed(seed)
+    for k, v in weights.items():
+        if "lora_B" in k:
+            weights[k] = torch.randn(v.shape, generator=g, dtype=v.dtype) * scale
+    save_file(weights, dest / "adapter_model.safetensors", metadata={"format": "pt"})
+    return dest
+
+
 @pytest.fixture(scope="module")
-def exports(tmp_path_factory, lora_runs, qwen_model) -> dict[str, tuple[Path, Path]]:
+def lora_sft(tmp_path_factory, lora_runs) -> Path:
+    return spread_lora(lora_runs["sft"], tmp_path_factory.mktemp("lora_sft") / "sft")
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory, lora_sft, qwen_model) -> dict[str, tuple[Path, Path]]:
     """{kind: (source, export dir)} with <name>-f16.gguf and <name>-q8_0.gguf in each."""
     d = tmp_path_factory.mktemp("exports")
     out = {}
-    for kind, src in (("llama-lora", lora_runs["sft"]), ("qwen2", qwen_model)):
+    for kind, src in (("llama-lora", lora_sft), ("qwen2", qwen_model)):
         assert llmkit("export", src, "--format", "gguf", "--quant", "f16", "q8_0", "--output_dir", d / kind) == 0
         out[kind] = (src, d / kind)
     return out
@@ -170,15 +196,18 @@ def test_gguf_f16_greedy_and_logprobs_match_transformers(exports, kind):
     src, out = exports[kind]
     tok, model = _hf(src)
     llm = _llama(_gguf(out, "f16"))
-    worst = 0.0
+    worst, seen = 0.0, []
     for text in PROMPTS:
         ids = _prompt_ids(tok, text)
         rendered = tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
         assert llm.tokenize(rendered.encode(), add_bos=False, special=True) == ids, f"{kind}: llama.cpp tokenizes {rendered!r} otherwise"
         hf_new, hf_logp = _hf_greedy(model, ids, NEW_TOKENS)
         ll_new, ll_logp = _llama_greedy(llm, ids, NEW_TOKENS)
+        seen.append(tuple(hf_new))
         assert ll_new == hf_new, f"{kind} {text!r}: llama.cpp {tok.decode(ll_new)!r} vs transformers {tok.decode(hf_new)!r}"
         worst = max(worst, _token_gap(ll_logp, hf_logp, ids + hf_new))
+    # the continuations depend on the prompt and are not one token: their equality says something
+    assert len(set(seen)) >= 3 and len({t for c in seen for t in c}) >= 4, f"{kind}: degenerate continuations {seen}"
     assert worst < F16_LOGPROB_TOL, f"{kind}: f16 log-probs differ by up to {worst:.4f}"
     print(f"{kind}: f16 max |Δ log p| = {worst:.5f}")
 
