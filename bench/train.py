@@ -346,8 +346,8 @@ def child(spec_json: str) -> int:
 LEVERS = {
     "group_by_length": (("sft_full", "sft_lora", "dpo"), ["--train_sampling_strategy", "group_by_length"],
                         ["--train_sampling_strategy", "random"]),
-    "packing": (("sft_full", "sft_lora"), ["--packing", "true", "--packing_strategy", "bfd", "--train_sampling_strategy", "random"],
-                ["--packing", "false"]),
+    "packing": (("sft_full", "sft_lora"), ["--packing", "true", "--packing_strategy", "bfd", "--eval_packing", "false",
+                                           "--train_sampling_strategy", "random"], ["--packing", "false"]),
     "torch_compile": (("sft_full", "sft_lora", "dpo"), ["--torch_compile", "true"], ["--torch_compile", "false"]),
 }
 DEFAULT_LEVERS = "group_by_length,packing"

@@ -181,6 +181,22 @@ def test_sft_trainer_grouped_batches(base_model, sft_data, tmp_path):
 
     assert isinstance(trainer._get_eval_sampler(ds), SequentialSampler)
 
+    # token weights: each step's summed token losses are divided by the epoch's mean loss tokens
+    # per batch, so the mean of the steps' losses over an epoch is the per-token mean of the epoch
+    # (with TRL's own divisor, a step of short rows would weigh its tokens more)
+    counts = [int(b["labels"][..., 1:].ne(-100).sum()) for b in grouped]
+    assert info["loss_tokens_per_batch"] == pytest.approx(sum(counts) / len(counts), abs=0.05)
+    model = trainer.model.train()  # dropout is 0 in the tiny model: train mode changes no logits
+    step_losses, token_sum = [], 0.0
+    with torch.no_grad():
+        for b in grouped[:12]:
+            n = trainer._get_num_items_in_batch([b], torch.device("cpu"))
+            step_losses.append(float(trainer.compute_loss(model, dict(b), num_items_in_batch=n)))
+            own = float(trainer.compute_loss(model, dict(b)))  # TRL's divisor: this batch's own loss tokens
+            token_sum += own * int(b["labels"][..., 1:].ne(-100).sum())
+    per_token = token_sum / sum(counts[:12])
+    assert sum(step_losses) / 12 == pytest.approx(per_token * sum(counts[:12]) / (12 * info["loss_tokens_per_batch"]), rel=1e-5)
+
 
 def test_dpo_trainer_grouped_batches(base_model, tmp_path):
     from conftest import DATA, read_jsonl, write_jsonl
@@ -272,19 +288,12 @@ def test_grouped_batches_resume_after_sigterm(tmp_path, base_model, sft_data, st
 
 # --------------------------------------------------------------------------- the choice per device
 
-def test_defaults_per_device_and_attention(monkeypatch):
-    from llmkit import modeling
-
+def test_defaults_per_stage(monkeypatch):
+    """SFT packs (padding-free) on every device, DPO groups by length; a recipe's own choice wins."""
     monkeypatch.setattr(batching, "DEFAULT_ON", True)
-    monkeypatch.setattr(batching, "has_cuda", lambda: False)
-    assert batching.defaults("sft", {}) == batching.defaults("dpo", {}) == {"train_sampling_strategy": "group_by_length"}
-    for key in ("packing", "padding_free", "train_sampling_strategy"):  # a recipe that chose keeps its choice
-        assert batching.defaults("sft", {key: False}) == {}
-    monkeypatch.setattr(batching, "has_cuda", lambda: True)
-    monkeypatch.setattr(modeling, "default_attention", lambda: "flash_attention_2")
-    assert batching.defaults("sft", {})["packing"] is True and batching.defaults("sft", {})["packing_strategy"] == "bfd"
+    assert batching.defaults("sft", {}) == {"packing": True, "packing_strategy": "bfd", "eval_packing": False}
     assert batching.defaults("dpo", {}) == {"train_sampling_strategy": "group_by_length"}  # TRL 1.16: no padding-free DPO
-    assert batching.defaults("sft", {"attn_implementation": "sdpa"}) == {"train_sampling_strategy": "group_by_length"}
-    assert batching.defaults("sft", {"attn_implementation": "kernels-community/flash-attn2"})["packing"] is True
+    for key in ("packing", "padding_free", "train_sampling_strategy"):
+        assert batching.defaults("sft", {key: False}) == batching.defaults("dpo", {key: False}) == {}
     monkeypatch.setattr(batching, "DEFAULT_ON", False)
-    assert batching.defaults("sft", {}) == {}
+    assert batching.defaults("sft", {}) == batching.defaults("dpo", {}) == {}
