@@ -122,7 +122,7 @@ def open_page(browser, url: str):
 
 def choose(page, elem: str, option: str) -> None:
     page.locator(f"#{elem} input").click()
-    page.get_by_role("option", name=option, exact=True).click()
+    page.get_by_role("option", name=option, exact=True).filter(visible=True).first.click()  # an earlier list may linger
 
 
 def set_yaml(page, text: str) -> None:
@@ -231,15 +231,20 @@ def test_page_trains_stops_resumes_chats_and_switches_language(page_server, brow
     choose(page, "ui-run-pick", "tiny-es/pretrain")
     page.wait_for_selector("#ui-pictures img")
     page.screenshot(path=str(shots / "ejecuciones.png"), full_page=True)
-    # ---- Chat: an answer from the run
+    # ---- Chat: an answer from the run, on both sides (the same run twice: greedy, so the same answer)
     page.get_by_role("tab", name="Chat").click()
     choose(page, "ui-run-a", str(root / "tiny-es/pretrain"))
+    choose(page, "ui-run-b", str(root / "tiny-es/pretrain"))
     page.locator("#ui-prompt textarea").fill("¿Cuánto es 2 más 3?")
     page.locator("#ui-send").click()
-    page.wait_for_function("document.querySelectorAll('#ui-chat-a .bot').length > 0 && "
-                           "[...document.querySelectorAll('#ui-chat-a .bot')].at(-1).innerText.trim().length > 0")
+    for side in ("a", "b"):
+        page.wait_for_function(f"document.querySelectorAll('#ui-chat-{side} .bot').length > 0 && "
+                               f"[...document.querySelectorAll('#ui-chat-{side} .bot')].at(-1).innerText.trim().length > 0")
+    time.sleep(1)  # the last tokens of side b
     answer = page.locator("#ui-chat-a .bot").last.inner_text()
     assert answer.strip() and not answer.startswith("llmkit: error"), answer
+    assert page.locator("#ui-chat-b .bot").last.inner_text() == answer
+    assert "¿Cuánto es 2 más 3?" in page.locator("#ui-chat-b").inner_text()
     page.screenshot(path=str(shots / "chat.png"), full_page=True)
     for tab, name in (("Evaluación", "evaluacion"), ("Servir", "servir")):
         page.get_by_role("tab", name=tab).click()
