@@ -1,7 +1,7 @@
 """Training throughput and memory: llmkit's stages against plain TRL scripts, same run, same machine.
 
     python bench/train.py [--only pretrain,sft_full,sft_lora,dpo,grpo] [--steps N] [--repeats R]
-                          [--threads T] [--out bench/results]
+                          [--threads T] [--levers group_by_length,packing] [--out bench/results]
 
 For each task, two sides train the same model on the same data with the same budget:
 
@@ -45,14 +45,26 @@ measured by the same code:
              (/proc/self/clear_refs) when training begins, so it is the memory held at the start
              of training plus what the loop adds. The whole process's peak (ru_maxrss, loading and
              llmkit's evaluation included) is reported too.
-  loss       the last training step's loss (GRPO: also the mean reward of the last step).
+  loss       the last training step's loss (GRPO: also the mean reward of the last step), and
+             llmkit's held-out loss after the last step (its own held-out split, the same rows in
+             every llmkit row of a task).
+  CPU-s      tokens per second of the process's CPU time over the same steps: with one torch
+             thread this is the work itself, which a busy machine distorts far less than wall time.
 
-Each side runs --repeats times (default 2), alternating which side goes first; medians are
-reported. Ratios are llmkit / TRL: tokens/s above 1 means llmkit is faster, peak memory below 1
+Levers (--levers): besides llmkit's defaults, each lever that applies to a task adds an llmkit
+row with that lever in the state llmkit does not choose on this machine (group_by_length:
+length-grouped batches, `train_sampling_strategy`; packing: padding-free bfd packing,
+`packing`/`packing_strategy`; torch_compile). Each row shows its ratio to TRL, its tokens/s over
+llmkit's default row, its padding, and its held-out loss against the default row's (relative
+difference, within --loss-tolerance, default 3 %, counts as the same training).
+
+Each side runs --repeats times (default 2), rotating which side goes first; medians are
+reported, with min/median/max of tokens/s. Ratios are llmkit / TRL: tokens/s above 1 means llmkit is faster, peak memory below 1
 means it uses less. On a shared machine use --threads 1: with several torch threads, a CPU that
 another process keeps busy can make a step many times slower (measured: 30x) and the ratios
 meaningless. --llmkit-extra adds llmkit overrides for diagnosis (recorded in the results).
-Results: <out>/train-cpu.json, train-cpu.md and train-cpu.png (the ratios as bars). CPU only
+Results: <out>/train-cpu.json, train-cpu.md and train-cpu.png (ratios as bars with the min–max
+of the runs, per-CPU-second ratios as diamonds, and the padding of both sides). CPU only
 (both sides train in float32 on the CPU). bench/README.md explains how to read them.
 """
 
