@@ -58,6 +58,8 @@ def defaults(stage: str, explicit: dict[str, Any]) -> dict[str, Any]:
     if not DEFAULT_ON or any(k in explicit for k in ("packing", "padding_free", "train_sampling_strategy")):
         return {}
     if stage == "sft":
+        if "max_length" in explicit and explicit["max_length"] is None:  # TRL packs to max_length: none to pack to
+            return {}
         return {"packing": True, "packing_strategy": "bfd", "eval_packing": False}
     return {"train_sampling_strategy": GROUP}
 

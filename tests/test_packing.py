@@ -295,5 +295,6 @@ def test_defaults_per_stage(monkeypatch):
     assert batching.defaults("dpo", {}) == {"train_sampling_strategy": "group_by_length"}  # TRL 1.16: no padding-free DPO
     for key in ("packing", "padding_free", "train_sampling_strategy"):
         assert batching.defaults("sft", {key: False}) == batching.defaults("dpo", {key: False}) == {}
+    assert batching.defaults("sft", {"max_length": None}) == {}  # nothing to pack to
     monkeypatch.setattr(batching, "DEFAULT_ON", False)
     assert batching.defaults("sft", {}) == batching.defaults("dpo", {}) == {}
