@@ -2,7 +2,7 @@
 
 Two models, each exported to f16 and q8_0 with llama.cpp's own converter and quantizer:
   * the demo's kind of SFT run: a LoRA over a tiny Llama with llmkit's own byte-level BPE
-    tokenizer (conftest's lora_runs["sft"], its lora_B spread by spread_lora so that greedy text varies);
+    tokenizer (conftest's lora_runs["sft"] with seeded LoRA matrices, spread_lora, so that greedy text varies);
   * a random Qwen2-architecture model with a Qwen-style tokenizer (Qwen2's split pre-tokenizer,
     NFC, trained here on the project corpus) and TRL's Qwen2.5 chat template (default system prompt).
 
@@ -85,7 +85,7 @@ def qwen_model(tmp_path_factory, corpus) -> Path:
     return out
 
 
-def spread_lora(run: Path, dest: Path, seed: int = 0, scale: float = 0.5) -> Path:
+def spread_lora(run: Path, dest: Path, seed: int = 0, scale: float = 0.5, matrices: tuple[str, ...] = ("lora_B",)) -> Path:
     """A copy of the LoRA run RUN whose lora_B matrices are seeded random (A stays as trained).
 
     Six SFT steps over the random tiny base leave B near its zero init, and the model's greedy text
@@ -100,7 +100,7 @@ def spread_lora(run: Path, dest: Path, seed: int = 0, scale: float = 0.5) -> Pat
     weights = load_file(dest / "adapter_model.safetensors")
     g = torch.Generator().manual_seed(seed)
     for k, v in weights.items():
-        if "lora_B" in k:
+        if any(m in k for m in matrices):
             weights[k] = torch.randn(v.shape, generator=g, dtype=v.dtype) * scale
     save_file(weights, dest / "adapter_model.safetensors", metadata={"format": "pt"})
     return dest
@@ -108,7 +108,8 @@ def spread_lora(run: Path, dest: Path, seed: int = 0, scale: float = 0.5) -> Pat
 
 @pytest.fixture(scope="module")
 def lora_sft(tmp_path_factory, lora_runs) -> Path:
-    return spread_lora(lora_runs["sft"], tmp_path_factory.mktemp("lora_sft") / "sft")
+    # A and B seeded, not as trained (the trained values move with SFT's defaults): the same model in every session
+    return spread_lora(lora_runs["sft"], tmp_path_factory.mktemp("lora_sft") / "sft", seed=2, scale=0.3, matrices=("lora_A", "lora_B"))
 
 
 @pytest.fixture(scope="module")
