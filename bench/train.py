@@ -52,9 +52,10 @@ measured by the same code:
              thread this is the work itself, which a busy machine distorts far less than wall time.
 
 Levers (--levers): besides llmkit's defaults, each lever that applies to a task adds an llmkit
-row with that lever in the state llmkit does not choose on this machine (group_by_length:
-length-grouped batches, `train_sampling_strategy`; packing: padding-free bfd packing,
-`packing`/`packing_strategy`; torch_compile). Each row shows its ratio to TRL, its tokens/s over
+row with that lever in the state llmkit does not choose on this machine (padding_free: each
+batch flattened into one row with per-sequence position_ids, `padding_free`; group_by_length:
+length-grouped batches, `train_sampling_strategy`; packing: bfd packing, `packing`/
+`packing_strategy`; torch_compile). Each row shows its ratio to TRL, its tokens/s over
 llmkit's default row, its padding, and its held-out loss against the default row's (relative
 difference, within --loss-tolerance, default 3 %, counts as the same training).
 
@@ -356,13 +357,15 @@ def child(spec_json: str) -> int:
 # lever -> (tasks it applies to, llmkit overrides that turn it on, overrides that turn it off). The
 # llmkit row of a task runs llmkit's defaults; each lever adds the row with it in the other state.
 LEVERS = {
+    "padding_free": (("sft_full", "sft_lora"), ["--padding_free", "true", "--train_sampling_strategy", "random"],
+                     ["--padding_free", "false"]),
     "group_by_length": (("sft_full", "sft_lora", "dpo"), ["--train_sampling_strategy", "group_by_length"],
                         ["--train_sampling_strategy", "random"]),
     "packing": (("sft_full", "sft_lora"), ["--packing", "true", "--packing_strategy", "bfd", "--eval_packing", "false",
                                            "--train_sampling_strategy", "random"], ["--packing", "false"]),
     "torch_compile": (("sft_full", "sft_lora", "dpo"), ["--torch_compile", "true"], ["--torch_compile", "false"]),
 }
-DEFAULT_LEVERS = "group_by_length,packing"
+DEFAULT_LEVERS = "padding_free,group_by_length,packing"
 
 
 def lever_default(lever: str, task: str) -> bool:
@@ -372,8 +375,8 @@ def lever_default(lever: str, task: str) -> bool:
     d = batching.defaults(TASKS[task][0], {})
     if lever == "group_by_length":
         return d.get("train_sampling_strategy") == batching.GROUP
-    if lever == "packing":
-        return bool(d.get("packing"))
+    if lever in ("packing", "padding_free"):
+        return bool(d.get(lever))
     return bool(d.get(lever))
 
 

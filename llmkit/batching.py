@@ -2,20 +2,27 @@
 
 How each method keeps sequences apart, and what it changes:
 
-  padding-free packing  (`packing: true`, `packing_strategy: bfd`, `eval_packing: false`;
-      llmkit's SFT default on every device)
-      TRL packs whole rows (best-fit decreasing, none split) into rows of max_length and
-      flattens each batch into one row with per-sequence position_ids (and cu_seq_lens).
-      FlashAttention's varlen kernel keeps the sequences apart on a GPU; with SDPA or eager
-      attention transformers 5.19 builds a block-diagonal causal mask from the position_ids
+  padding-free batches  (`padding_free: true`; llmkit's SFT default on every device)
+      The rows of a batch are the rows random batches have (same sampler, rows per step, steps
+      per epoch, truncation at max_length); TRL's own padding-free collation puts them in one
+      row with per-sequence position_ids (and cu_seq_lens) and no padding. FlashAttention's
+      varlen kernel keeps the sequences apart on a GPU; with SDPA or eager attention
+      transformers 5.19 builds a block-diagonal causal mask from the position_ids
       (masking_utils.find_packed_sequence_indices; only without a KV cache, and TRL's
-      compute_loss turns the cache off), which is correct but dense: on a CPU a flattened row
-      costs attention over its whole length. tests/test_packing.py checks both. A packed row
-      holds several examples, so llmkit shrinks the per-device batch by the packing ratio
-      (packed rows / rows) to keep about the same examples per step and optimizer steps per
-      epoch (tiny-es: 3000 rows in 713 packed rows, batch 16 -> 4, 716 steps in 4 epochs
-      instead of 752). The step's loss stays TRL's mean over its loss tokens; held-out loss is
-      evaluated on unpacked rows as before (eval_packing: false).
+      compute_loss turns the cache off), which is correct but dense: on a CPU the flattened row
+      costs attention over its whole length. The step's loss is the padded batch's (TRL's mean
+      over the batch's loss tokens; tests/test_packing.py: equal to 1e-5), so training follows
+      the padded run (tiny-es held-out loss at steps 50 and 100: equal to 4 decimals).
+      TRL 1.16 refuses padding_free without packing when max_length is set, although it then
+      truncates rows to max_length: `prepare` hides the key from TRL, `install` turns TRL's
+      collation on.
+
+  packing  (`packing: true`, `packing_strategy: bfd`, `eval_packing: false`; not a default)
+      TRL packs whole rows into rows of max_length (padding-free as above). A packed row holds
+      several examples, so llmkit shrinks the per-device batch by the packing ratio (packed rows
+      / rows) to keep about the same examples per step (tiny-es: 3000 rows in 713, batch 16 ->
+      4, 716 steps in 4 epochs instead of 752). The rounding makes the global batch depend on
+      the number of processes, which is why padding-free batches are the default instead.
 
   length-grouped batches  (`train_sampling_strategy: group_by_length`; llmkit's DPO default)
       Each epoch the rows are shuffled (seed + epoch), cut into mega-batches of
@@ -25,10 +32,11 @@ How each method keeps sequences apart, and what it changes:
       row: the attention mask keeps sequences apart with any attention implementation. Rows
       per step and optimizer steps per epoch are unchanged; for SFT each step's summed token
       losses are divided by the epoch's mean loss tokens per batch (token_weights), so every
-      token weighs the same as in random batches. Resume: the order depends on seed and epoch
-      only. Not the SFT default: on tiny-es its batches of one length are batches of one kind
+      token weighs the same as in random batches. With several processes one group spans the
+      per-device batches of a global step. Resume: the order depends on seed and epoch only.
+      Not the SFT default: on tiny-es its batches of one length are batches of one kind
       of task, and the held-out loss after 100 steps was 8 % above random batches' (1.553 vs
-      1.433; with token weights 1.537; mega-batches of 4 batches 1.465), packing's 0.7 % (1.443).
+      1.433; with token weights 1.537; mega-batches of 4 batches 1.465), bfd packing's 0.7 % (1.443).
 
 DPO: TRL 1.16 turned DPO's padding_free off ("temporarily unavailable"), so DPO groups by
 length; the width of a pair is its longer sequence (prompt + chosen or prompt + rejected),
@@ -51,16 +59,14 @@ GROUP = "group_by_length"
 def defaults(stage: str, explicit: dict[str, Any]) -> dict[str, Any]:
     """llmkit's batching defaults for ``stage`` ("sft" or "dpo"); the recipe's keys win.
 
-    SFT: padding-free BFD packing on every device and attention implementation (FlashAttention
+    SFT: padding-free batches on every device and attention implementation (FlashAttention
     varlen on a GPU, the block-diagonal mask with SDPA/eager; see the module doc for why not
-    length grouping). DPO: length-grouped batches (TRL 1.16 has no padding-free DPO). A recipe
+    length grouping or packing). DPO: length-grouped batches (TRL 1.16 has no padding-free DPO). A recipe
     that sets packing, padding_free or train_sampling_strategy itself gets exactly what it set."""
     if not DEFAULT_ON or any(k in explicit for k in ("packing", "padding_free", "train_sampling_strategy")):
         return {}
     if stage == "sft":
-        if "max_length" in explicit and explicit["max_length"] is None:  # TRL packs to max_length: none to pack to
-            return {}
-        return {"packing": True, "packing_strategy": "bfd", "eval_packing": False}
+        return {"padding_free": True}
     return {"train_sampling_strategy": GROUP}
 
 
@@ -155,6 +161,15 @@ class LengthGroupedSampler:
         return iter([i for b in self.batches() for i in b])
 
 
+def prepare(targs) -> None:
+    """Before the SFT trainer is built: TRL 1.16 refuses ``padding_free`` without packing when
+    max_length is set (although it truncates rows to max_length then), so llmkit hides the key
+    from TRL here and turns TRL's own padding-free collation on in ``install``."""
+    if type(targs).__name__ == "SFTConfig" and getattr(targs, "padding_free", False) and not getattr(targs, "packing", False):
+        targs.padding_free = False
+        targs.llmkit_padding_free = True
+
+
 def install(trainer, targs, rows_before: int | None = None, stage: str = "") -> dict[str, Any]:
     """Put llmkit's batching into a built TRL trainer; returns what it measured (for the run's
     metrics) and prints one line about it.
@@ -169,6 +184,18 @@ def install(trainer, targs, rows_before: int | None = None, stage: str = "") -> 
     if ds is None or not hasattr(ds, "column_names"):
         return info
     batch = targs.per_device_train_batch_size
+    if getattr(targs, "llmkit_padding_free", False):
+        collator = trainer.data_collator
+        if not hasattr(collator, "padding_free"):
+            raise ValueError("padding_free needs TRL's language-modeling collator; this trainer has "
+                             f"{type(collator).__name__}")
+        collator.padding_free = trainer.padding_free = targs.padding_free = True
+        lengths, _ = row_lengths(ds, getattr(targs, "max_length", None))
+        order = random.Random(targs.seed).sample(range(len(lengths)), len(lengths))
+        info["padding_random"] = round(padding_fraction(lengths, order, batch), 4)
+        _say(stage, f"padding-free batches: each batch of {batch} rows is one row of its sequences with their own "
+                    f"position_ids (no padding; random batches would pad {100 * info['padding_random']:.0f} % of positions)")
+        return info
     if getattr(targs, "packing", False) and rows_before:
         new = max(1, round(batch * len(ds) / rows_before))
         trainer._train_batch_size = new * max(1, getattr(targs, "n_gpu", 1) or 1)
@@ -180,14 +207,18 @@ def install(trainer, targs, rows_before: int | None = None, stage: str = "") -> 
         return info
     max_length = getattr(targs, "max_length", None)
     lengths, real = row_lengths(ds, max_length)
-    sampler = LengthGroupedSampler(lengths, batch, targs.seed)
+    # one group per global step: with several processes accelerate hands out consecutive per-device
+    # batches of the sampler's order, so the group of a step must span all of them (the same rows
+    # per step as one process with the same global batch)
+    group = batch * max(1, getattr(targs, "world_size", 1) or 1)
+    sampler = LengthGroupedSampler(lengths, group, targs.seed)
     random_order = random.Random(targs.seed).sample(range(len(lengths)), len(lengths))
     info["padding_random"] = round(padding_fraction(lengths, random_order, batch, real), 4)
-    info["padding_grouped"] = round(padding_fraction(lengths, list(iter(sampler)), batch, real), 4)
+    info["padding_grouped"] = round(padding_fraction(lengths, list(iter(sampler)), batch, real), 4)  # per-device batches
 
     def train_sampler(dataset=None):
         if dataset is not None and dataset is not ds and len(dataset) != len(lengths):
-            return LengthGroupedSampler(row_lengths(dataset, max_length)[0], batch, targs.seed)
+            return LengthGroupedSampler(row_lengths(dataset, max_length)[0], group, targs.seed)
         return sampler
 
     def eval_sampler(dataset):

@@ -289,12 +289,50 @@ def test_grouped_batches_resume_after_sigterm(tmp_path, base_model, sft_data, st
 # --------------------------------------------------------------------------- the choice per device
 
 def test_defaults_per_stage(monkeypatch):
-    """SFT packs (padding-free) on every device, DPO groups by length; a recipe's own choice wins."""
+    """SFT: padding-free batches on every device, DPO: length-grouped; a recipe's own choice wins."""
     monkeypatch.setattr(batching, "DEFAULT_ON", True)
-    assert batching.defaults("sft", {}) == {"packing": True, "packing_strategy": "bfd", "eval_packing": False}
+    assert batching.defaults("sft", {}) == {"padding_free": True}
     assert batching.defaults("dpo", {}) == {"train_sampling_strategy": "group_by_length"}  # TRL 1.16: no padding-free DPO
     for key in ("packing", "padding_free", "train_sampling_strategy"):
         assert batching.defaults("sft", {key: False}) == batching.defaults("dpo", {key: False}) == {}
-    assert batching.defaults("sft", {"max_length": None}) == {}  # nothing to pack to
     monkeypatch.setattr(batching, "DEFAULT_ON", False)
     assert batching.defaults("sft", {}) == batching.defaults("dpo", {}) == {}
+
+
+def test_sft_padding_free_batches_equal_padded_batches(base_model, sft_data, tmp_path):
+    """llmkit's SFT default: TRL's padding-free collation without packing (batching.prepare /
+    install). The same rows per step and steps per epoch as padded batches; no padding; every
+    sequence's logits equal its own; the batch's loss equals the padded batch's (both the mean
+    over the batch's loss tokens)."""
+    from datasets import load_dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    tok = AutoTokenizer.from_pretrained(base_model)
+    ds = load_dataset("json", data_files=str(sft_data[0]), split="train").select(range(64))
+    args = SFTConfig(output_dir=str(tmp_path), per_device_train_batch_size=8, max_length=64, use_cpu=True, bf16=False,
+                     report_to="none", padding_free=True, seed=3)
+    batching.prepare(args)  # TRL alone refuses padding_free without packing when max_length is set
+    model = AutoModelForCausalLM.from_pretrained(base_model, attn_implementation="sdpa").eval()
+    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
+    batching.install(trainer, args, len(ds), "sft")
+    assert args.padding_free and batching.describe(args)["batches"] == "padding-free"
+    batches = list(trainer.get_train_dataloader())
+    assert len(batches) == 8 and all("attention_mask" not in b and b["input_ids"].shape[0] == 1 for b in batches)
+    b = batches[0]
+    pos = b["position_ids"][0]
+    starts = (pos == 0).nonzero().flatten().tolist() + [pos.numel()]
+    assert len(starts) == 9  # 8 rows, no padding tail
+    seqs = [b["input_ids"][0, x:y].tolist() for x, y in zip(starts[:-1], starts[1:])]
+    with torch.no_grad():
+        loss, out = trainer.compute_loss(model, dict(b), return_outputs=True)
+    for (x, y), seq in zip(zip(starts[:-1], starts[1:]), seqs):
+        torch.testing.assert_close(out.logits[0, x:y], alone(model, seq), atol=1e-5, rtol=1e-5)
+    # the same rows padded (TRL's default collation), labels as the padding-free row has them
+    labels = [b["labels"][0, x:y].tolist() for x, y in zip(starts[:-1], starts[1:])]
+    trainer.data_collator.padding_free = False
+    padded = trainer.data_collator([{"input_ids": s, "labels": lab} for s, lab in zip(seqs, labels)])
+    trainer.data_collator.padding_free = True
+    with torch.no_grad():
+        padded_loss = trainer.compute_loss(model, dict(padded))
+    torch.testing.assert_close(loss, padded_loss, atol=1e-5, rtol=1e-5)
