@@ -50,7 +50,7 @@ import random
 from typing import Any
 
 # llmkit's batching defaults (below) are on; False: TRL's (random, padded batches) unless a recipe sets them
-DEFAULT_ON = False
+DEFAULT_ON = True
 # batches per mega-batch: rows are sorted by length within MEGABATCH_BATCHES * batch rows
 MEGABATCH_BATCHES = 50
 GROUP = "group_by_length"
