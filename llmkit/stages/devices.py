@@ -94,6 +94,9 @@ def run_layout(cfg: StageConfig) -> dict[str, Any]:
         layout["use_liger_kernel"] = bool(getattr(targs, "use_liger_kernel", False))
         accum = getattr(targs, "gradient_accumulation_steps", 1) or 1
         layout["global_batch"] = targs.per_device_train_batch_size * accum * world
+        from llmkit import batching
+
+        layout.update(batching.describe(targs))  # SFT/DPO: length-grouped or packed batches, compile
     if margs is not None:
         from llmkit.modeling import default_attention
 
@@ -106,7 +109,7 @@ def describe_layout(layout: dict[str, Any]) -> str:
     parts = [f"{layout.get('precision', '?')} on {layout['device']}", f"{world} process" + ("es" if world > 1 else "")]
     if layout.get("num_machines", 1) > 1:
         parts.append(f"{layout['num_machines']} machines")
-    labels = (("attn_implementation", "attention"), ("optim", "optimizer"), ("global_batch", "global batch"))
+    labels = (("attn_implementation", "attention"), ("optim", "optimizer"), ("global_batch", "global batch"), ("batches", "batches"))
     for key, label in labels:
         if layout.get(key) is not None:
             parts.append(f"{label} {layout[key]}")

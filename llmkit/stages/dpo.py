@@ -22,7 +22,7 @@ from pathlib import Path
 
 from trl import DPOConfig, ModelConfig
 
-from llmkit import data, lineage, modeling, runs
+from llmkit import batching, data, lineage, modeling, runs
 from llmkit.config import LlmkitError, StageConfig
 from llmkit.stages import checks, common, devices
 from llmkit.stages.args import DataArgs, tokenizer_path
@@ -38,7 +38,7 @@ DOC = __doc__
 
 
 def defaults(explicit: dict) -> dict:
-    return devices.trainer_defaults(explicit, {"eval_strategy": "steps", "eval_steps": 100})
+    return devices.trainer_defaults(explicit, {"eval_strategy": "steps", "eval_steps": 100, **batching.defaults(STAGE, explicit)})
 
 
 def split_pair(tokenizer, row: dict) -> tuple[str, str, str]:
@@ -142,6 +142,7 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
         callbacks=[runs.make_metrics_callback(staging / "metrics.jsonl")],
     )
     metrics: dict = {"train_pairs": len(train_ds), "mode": "lora" if lora else "full", "loss_type": dargs.loss_type}
+    metrics.update(batching.install(trainer, dargs, stage=STAGE))  # length-grouped batches
     held = eval_ds.to_list()[:200] if eval_ds is not None else []
 
     if held:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from trl import ModelConfig, SFTConfig
 
-from llmkit import data, lineage, modeling, progress, runs
+from llmkit import batching, data, lineage, modeling, progress, runs
 from llmkit.config import LlmkitError, StageConfig
 from llmkit.stages import checks, common, devices
 from llmkit.stages.args import DataArgs, tokenizer_path
@@ -51,7 +51,7 @@ DOC = __doc__
 
 
 def defaults(explicit: dict) -> dict:
-    return devices.trainer_defaults(explicit, {"eval_strategy": "steps", "eval_steps": 100})
+    return devices.trainer_defaults(explicit, {"eval_strategy": "steps", "eval_steps": 100, **batching.defaults(STAGE, explicit)})
 
 
 def validate_template(tokenizer, sargs: SFTConfig, layout: str, cfg: StageConfig) -> None:
@@ -149,6 +149,7 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
 
     # ---- from here on, everything is written into the staging directory
     staging, output_dir = common.open_trainer_staging(sargs, cfg, STAGE, overwrite, model, lora, has_eval=eval_ds is not None)
+    batching.prepare(sargs)  # padding_free without packing: llmkit flattens the batches (TRL 1.16 refuses it with max_length)
     trainer = common.build_trainer(
         staging, cfg, SFTTrainer,
         model=model,
@@ -160,6 +161,7 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
         callbacks=[runs.make_metrics_callback(staging / "metrics.jsonl")],
     )
     metrics: dict = {"train_rows": len(train_ds), "layout": layout, "mode": _mode(margs)}
+    metrics.update(batching.install(trainer, sargs, len(train_ds), STAGE))  # length-grouped or packed batches
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     metrics["trainable_parameters"] = trainable
     sample_rows = eval_ds.to_list() if eval_ds is not None else []
