@@ -180,6 +180,9 @@ def finish_training_stage(
     if lineage:
         extra["lineage"] = lineage
     manifest = runs.build_manifest(stage, cfg, started, inputs, metrics, steps=steps, extra=extra)
+    from llmkit.modelcard import write_run_card
+
+    write_run_card(output_dir, staging, manifest)  # README.md: the model card (replaces PEFT's empty template)
     out = runs.finalize(staging, output_dir, manifest)
     if runs.is_main_process():
         shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
