@@ -130,7 +130,8 @@ def test_a_stacked_adapter_is_served_as_the_trained_model(server, vllm_base, lor
             logp = torch.log_softmax(model(ids).logits[0, :-1].float(), -1)
         return logp.gather(1, ids[0, 1:, None])[:, 0].tolist()
 
-    folded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(vllm_base, dtype=torch.float32), lora_runs["sft"]).merge_and_unload()
+    base = AutoModelForCausalLM.from_pretrained(vllm_base, dtype=torch.float32)
+    folded = PeftModel.from_pretrained(base, lora_runs["sft"]).merge_and_unload()
     want = logprobs(PeftModel.from_pretrained(folded, stacked_dpo / "delta"))
     wrong = logprobs(PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(vllm_base, dtype=torch.float32), stacked_dpo / "delta"))
     assert max(abs(a - b) for a, b in zip(got, want)) < 2e-3

@@ -57,7 +57,9 @@ DOC = __doc__
 
 
 def defaults(explicit: dict) -> dict:
-    return devices.trainer_defaults(explicit, {"learning_rate": 1e-5, "save_steps": 100})
+    # TRL's GRPOTrainer counts prompt + completion tokens itself (tokens/s in the step log); transformers'
+    # own counter finds no input_ids in GRPO's batches and warned on every step
+    return devices.trainer_defaults(explicit, {"learning_rate": 1e-5, "save_steps": 100, "include_num_input_tokens_seen": "no"})
 
 
 def check_generation_batch(gargs: GRPOConfig, cfg: StageConfig) -> None:
