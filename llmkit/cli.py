@@ -5,7 +5,8 @@
     llmkit run RECIPE_DIR [--force] [--from STAGE] [--target STAGE]
     llmkit ls [RECIPES_DIR]
     llmkit merge ADAPTER_RUN --output_dir DIR [--dtype bfloat16] [--overwrite]
-    llmkit serve RUN_DIR_OR_MODEL [--adapter NAME=DIR ...] [--merged] [--host H] [--port N] [--api-key KEY]
+    llmkit serve RUN_DIR_OR_MODEL [--adapter NAME=DIR ...] [--merged] [--host H] [--port N] [--api-key KEY] [-- SERVER ARGS]
+    llmkit serve --config serve.yaml [--key value ...]    llmkit serve --help lists every key
     llmkit chat RUN_DIR_OR_URL [--model NAME] [--api-key KEY] [--system TEXT]
     llmkit eval RUN_DIR_OR_MODEL [--tasks es] [--engine auto|vllm|transformers|server] [--limit N] ...
     llmkit eval --compare RESULTS_DIR RESULTS_DIR ...    |    llmkit eval --recipe RECIPE_DIR
@@ -55,6 +56,8 @@ VERBOSE_HELP = "also show the libraries' INFO logs (transformers, datasets, vLLM
 OWN_COMMANDS = {
     "eval": ("llmkit.evaluation.command", "eval_command",
              "score a run or model on the Spanish benchmarks (lm-evaluation-harness); llmkit eval --help lists its keys"),
+    "serve": ("llmkit.serving", "serve_command",
+              "serve a run (or model) behind an OpenAI-compatible API (vLLM, or llama.cpp on a GGUF); llmkit serve --help lists its keys"),
     "download": ("llmkit.download", "download_command",
                  "fetch a recipe's models and datasets (--eval: its eval tasks too) into the HF cache, for nodes without internet"),
     "export": ("llmkit.export", "export_command",
@@ -153,11 +156,6 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--output_dir", required=True)
     m.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     m.add_argument("--overwrite", action="store_true")
-    s = sub.add_parser("serve", help="serve a run (or model) behind an OpenAI-compatible API (vLLM, or llama.cpp on a GGUF)",
-                       epilog="Arguments after a lone -- go to the server unchanged, e.g. -- --gpu-memory-utilization 0.5")
-    from llmkit.serving import add_serve_arguments
-
-    add_serve_arguments(s)  # ServeArgs' fields, with their help
     c = sub.add_parser("chat", help="chat in the terminal with a served model or a run directory")
     c.add_argument("target", help="server URL (http://127.0.0.1:8000) or anything `llmkit serve` takes")
     c.add_argument("--model", help="served model name (default: the adapter of a LoRA run — the first adapter when the "
@@ -179,7 +177,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    cut = argv.index("--") if "--" in argv else len(argv)  # serve passes what follows to vLLM unchanged
+    cut = argv.index("--") if "--" in argv else len(argv)  # serve passes what follows to the server unchanged
     verbose = "--verbose" in argv[:cut]
     argv = [a for a in argv[:cut] if a != "--verbose"] + argv[cut:]
     try:
@@ -189,10 +187,6 @@ def main(argv: list[str] | None = None) -> int:
         if argv and argv[0] in OWN_COMMANDS:
             module, function, _ = OWN_COMMANDS[argv[0]]
             return getattr(importlib.import_module(module), function)(argv[1:])
-        passthrough: list[str] = []
-        if argv and argv[0] == "serve" and "--" in argv:
-            cut = argv.index("--")
-            argv, passthrough = argv[:cut], argv[cut + 1:]
         args = _parser().parse_args(argv)
         if args.command == "run":
             from llmkit.pipeline import run_recipe
@@ -211,12 +205,6 @@ def main(argv: list[str] | None = None) -> int:
 
             merge_adapter_run(args.adapter, args.output_dir, args.dtype, args.overwrite)
             return 0
-        if args.command == "serve":
-            from llmkit.serving import ServeArgs, serve
-
-            return serve(ServeArgs(target=args.model, adapters=args.adapters, merged=args.merged, name=args.name, host=args.host,
-                                   port=args.port, api_key=args.api_key, max_model_len=args.max_model_len, engine=args.engine,
-                                   extra_args=passthrough))
         if args.command == "report":
             from llmkit.report import write_report
 

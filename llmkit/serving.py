@@ -444,54 +444,130 @@ def build_server(target: str, adapters: list[str] | None = None, merged: bool = 
     return server, plan, "vllm" if use_vllm else "transformers"
 
 
-def _opt(default: Any, help: str, flag: str | None = None, **cli: Any) -> Any:
-    meta = {"help": help, "flag": flag, **cli}
+def _opt(default: Any, help: str) -> Any:
     if isinstance(default, list):
-        return field(default_factory=list, metadata=meta)
-    return field(default=default, metadata=meta)
+        return field(default_factory=list, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
 class ServeArgs:
-    """`llmkit serve`'s options: the one place each is declared, with its default and help text
-    (the command line is built from them by add_serve_arguments)."""
+    """Serve a run (or any model) behind an OpenAI-compatible API: vLLM's server, `transformers serve`
+    without vLLM, or llama.cpp on a GGUF. Keys come from the command line, from a YAML file
+    (`--config serve.yaml`) and `--key value` overrides (the command line wins), read as a stage's."""
 
-    target: str = _opt("", "run directory, local model directory or hub id (a LoRA run is served over its base); with "
-                           "--engine llama.cpp also a .gguf file or an `llmkit export` directory", flag="model")
-    adapters: list[str] = _opt([], "also serve this LoRA adapter (same base) under NAME; repeatable", flag="--adapter",
-                               action="append", metavar="NAME=DIR")
+    target: str = _opt("", "run directory, local model directory or hub id (a LoRA run is served over its base); "
+                           "llama.cpp: also a .gguf or an export dir")
+    adapters: list[str] = _opt([], "also serve these LoRA adapters (same base), NAME=DIR each: --adapter NAME=DIR, repeatable")
     merged: bool = _opt(False, "serve a LoRA run merged into its base (merged once, cached in .cache/llmkit/merged)")
-    name: str | None = _opt(None, "served name of the model (default: its directory name)")
-    host: str = _opt("127.0.0.1", "address to bind (default 127.0.0.1: this machine only)")
-    port: int = _opt(8000, "port to listen on")
-    api_key: str | None = _opt(None, "require this key on every request (default: $LLMKIT_API_KEY)", flag="--api-key")
-    max_model_len: int | None = _opt(None, "context length to serve (default: the model's; llama.cpp: 2048)", flag="--max-model-len")
-    engine: str = _opt("auto", "auto: vLLM when installed, else `transformers serve`; llama.cpp: llama-cpp-python's server "
-                               "on the run's GGUF (exported once, f16, cached in .cache/llmkit/gguf)", choices=list(ENGINES))
-    extra_args: list[str] = _opt([], "arguments after a lone -- go to the server unchanged", flag="")
+    name: str | None = _opt(None, "served name of the model (unset: its directory name)")
+    host: str = _opt("127.0.0.1", "address to bind (127.0.0.1: this machine only)")
+    port: int = _opt(8000, "port to listen on (0: a free one)")
+    api_key: str | None = _opt(None, "require this key on every request (also --api-key; unset: $LLMKIT_API_KEY)")
+    max_model_len: int | None = _opt(None, "context length to serve (also --max-model-len; unset: the model's, llama.cpp 2048)")
+    engine: str = _opt("auto", "auto (vLLM when installed, else `transformers serve`), vllm, transformers, "
+                               "llama.cpp (llama-cpp-python, the run's GGUF)")
+    extra_args: list[str] = _opt([], "arguments for the server itself, passed unchanged (on the command line: after a lone --)")
+
+    def __post_init__(self) -> None:
+        if self.api_key is None:
+            self.api_key = os.environ.get("LLMKIT_API_KEY") or None
+        if self.engine not in ENGINES:
+            from llmkit.config import did_you_mean
+
+            raise LlmkitError(f"engine {self.engine!r}: choose {', '.join(ENGINES)}.{did_you_mean(self.engine, ENGINES)}")
+        if not 0 <= self.port <= 65535:
+            raise LlmkitError(f"port {self.port}: choose 1-65535 (0: a free port)")
 
 
-def add_serve_arguments(parser) -> None:
-    """ServeArgs' fields as argparse options (positional target, --key for the rest)."""
-    import dataclasses
+SERVE_USAGE = ("usage: llmkit serve RUN_DIR_OR_MODEL [--config serve.yaml] [--adapter NAME=DIR ...] [--key value ...] "
+               "[-- SERVER ARGS ...]")
+SERVE_COMMAND_HELP = """llmkit serve:
+  --config FILE.yaml, -c FILE.yaml
+      Read the keys above from a YAML file; --key value on the command line wins.
+  --adapter NAME=DIR
+      One adapter for adapters; repeat it for several (they replace the file's adapters).
+  -- ARGS ...
+      Everything after a lone -- goes to the server unchanged (extra_args), e.g. -- --gpu-memory-utilization 0.5
+  --verbose
+      Also show the libraries' INFO logs (transformers, datasets, vLLM, lm-eval, httpx); or LLMKIT_LOG_LEVEL=INFO|DEBUG."""
+_TRUTH = ("true", "false", "yes", "no")
 
-    types = {"port": int, "max_model_len": int}
-    for f in dataclasses.fields(ServeArgs):
-        meta = dict(f.metadata)
-        help_, flag = meta.pop("help"), meta.pop("flag")
-        if flag == "":
-            continue
-        if flag and not flag.startswith("-"):
-            parser.add_argument(flag, help=help_)
-            continue
-        kw: dict[str, Any] = {"help": help_, "dest": f.name, **meta}
-        if f.type in ("bool", bool):
-            kw["action"] = "store_true"
-        elif "action" not in kw:
-            kw["type"] = types.get(f.name, str)
-        default = f.default if f.default is not dataclasses.MISSING else []
-        kw["default"] = os.environ.get("LLMKIT_API_KEY") if f.name == "api_key" else default
-        parser.add_argument(flag or f"--{f.name}", **kw)
+
+def serve_help() -> str:
+    import inspect
+
+    from llmkit.config import format_help
+
+    text = format_help("serve", [ServeArgs], inspect.cleandoc(ServeArgs.__doc__ or ""))
+    body = text.split("\n", 1)[1] if text.startswith("usage:") else text  # its own usage line names a stage's
+    return f"{SERVE_USAGE}\n{body.rstrip()}\n\n{SERVE_COMMAND_HELP}"
+
+
+def _flag_value(argv: list[str], i: int, flag: str) -> str:
+    if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
+        raise LlmkitError(f"{flag} needs a value")
+    return argv[i + 1]
+
+
+def parse_serve_argv(argv: list[str]) -> tuple[str | None, list[str], bool]:
+    """`llmkit serve`'s words -> (config file, `--key value` overrides for ServeArgs, --help).
+    The positional target becomes --target, repeated --adapter NAME=DIR one --adapters list, what
+    follows a lone -- --extra_args; a true/false key takes the next word only when it is one."""
+    cut = argv.index("--") if "--" in argv else len(argv)
+    words, passthrough = argv[:cut], argv[cut + 1:]
+    bools = {n for n, f in ServeArgs.__dataclass_fields__.items() if f.type in ("bool", bool)}
+    config, overrides, targets, adapters, want_help = None, [], [], [], False
+    i = 0
+    while i < len(words):
+        a = words[i]
+        name = a[2:].split("=", 1)[0].replace("-", "_") if a.startswith("--") else None
+        if a in ("-h", "--help"):
+            want_help = True
+        elif name in ("config", "adapter") or a == "-c":
+            value = a.split("=", 1)[1] if "=" in a else _flag_value(words, i, a)
+            i += "=" not in a
+            if name == "adapter":
+                adapters.append(value)
+            else:
+                config = value
+        elif name is None:
+            targets.append(a)
+        elif "=" in a:
+            overrides += a.split("=", 1)
+        elif i + 1 < len(words) and not words[i + 1].startswith("--") and (name not in bools or words[i + 1].lower() in _TRUTH):
+            overrides += [a, words[i + 1]]
+            i += 1
+        else:
+            overrides += [a, "true"]  # a bare flag
+        i += 1
+    if len(targets) > 1:
+        raise LlmkitError(f"unexpected argument {targets[1]!r}: llmkit serve takes one run directory or model "
+                          "(arguments for the server go after a lone --)")
+    overrides += ["--target", targets[0]] if targets else []
+    overrides += ["--adapters", json.dumps(adapters)] if adapters else []
+    overrides += ["--extra_args", json.dumps(passthrough)] if cut < len(argv) else []
+    return config, overrides, want_help
+
+
+def load_serve_args(config_path: str | None = None, overrides: list[str] | dict[str, Any] | None = None) -> ServeArgs:
+    """A serve config file and overrides read into ServeArgs by the stages' loader (the same
+    messages for an unknown key or a bad value)."""
+    from llmkit.config import load_stage_config
+
+    return load_stage_config([ServeArgs], config_path, overrides).get(ServeArgs)
+
+
+def serve_command(argv: list[str]) -> int:
+    """`llmkit serve ...` -> exit code; every input problem is a LlmkitError before anything starts."""
+    config, overrides, want_help = parse_serve_argv(argv)
+    if want_help:
+        print(serve_help())
+        return 0
+    args = load_serve_args(config, overrides)
+    if not args.target:
+        raise LlmkitError("llmkit serve needs what to serve: llmkit serve RUN_DIR_OR_MODEL (or target: in --config FILE.yaml)")
+    return serve(args)
 
 
 def serve(args: ServeArgs) -> int:

@@ -318,3 +318,88 @@ def test_merged_plan_serves_the_run_under_its_name(tmp_path, monkeypatch, lora_r
     assert not Path(str(lora_runs["sft"]) + "-merged").exists()
     again = serving.plan_serving(str(lora_runs["sft"]), merged=True)
     assert again.model == plan.model  # merged once, then reused
+
+
+# ----------------------------------------------------------------------------- the command line (no server)
+
+
+def _serve_args(argv: list[str]):
+    from llmkit.serving import load_serve_args, parse_serve_argv
+
+    config, overrides, want_help = parse_serve_argv([str(a) for a in argv])
+    assert not want_help
+    return load_serve_args(config, overrides)
+
+
+def test_command_line_help_lists_every_key_with_its_help(capsys):
+    import dataclasses
+
+    from llmkit.config import to_plain
+    from llmkit.serving import ServeArgs
+
+    assert llmkit("serve", "--help") == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: llmkit serve RUN_DIR_OR_MODEL")
+    fields = dataclasses.fields(ServeArgs)
+    assert len(fields) >= 10
+    for f in fields:
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        assert f"--{f.name} (default: {to_plain(default)!r})" in out, f.name
+        assert " ".join(f.metadata["help"].split()) in out, f.name  # whole, not cut at 160 characters
+    for option in ("--config FILE.yaml", "--adapter NAME=DIR", "-- ARGS", "--verbose"):
+        assert option in out
+
+
+def test_command_line_old_spellings_parse_to_the_same_args(monkeypatch):
+    from llmkit.serving import ServeArgs
+
+    monkeypatch.delenv("LLMKIT_API_KEY", raising=False)
+    want = ServeArgs(target="runs/x", adapters=["a=runs/a", "b=runs/b"], merged=True, name="n", host="0.0.0.0", port=9000,
+                     api_key="k", max_model_len=256, engine="vllm", extra_args=["--gpu-memory-utilization", "0.5", "--verbose"])
+    tail = ["--", "--gpu-memory-utilization", "0.5", "--verbose"]
+    dashes = ["runs/x", "--adapter", "a=runs/a", "--adapter", "b=runs/b", "--merged", "--name", "n", "--host", "0.0.0.0",
+              "--port", "9000", "--api-key", "k", "--max-model-len", "256", "--engine", "vllm", *tail]
+    assert _serve_args(dashes) == want
+    underscores = ["--merged", "runs/x", "--adapter=a=runs/a", "--adapter", "b=runs/b", "--name=n", "--host", "0.0.0.0",
+                   "--port=9000", "--api_key", "k", "--max_model_len", "256", "--engine", "vllm", *tail]
+    assert _serve_args(underscores) == want
+    assert _serve_args(["--adapters", "a=runs/a,b=runs/b", "--target", "runs/x", "--merged", "true", "--name", "n", "--host",
+                        "0.0.0.0", "--port", "9000", "--api_key", "k", "--max_model_len", "256", "--engine", "vllm", *tail]) == want
+    # the defaults are ServeArgs' own; the API key comes from $LLMKIT_API_KEY when not given
+    plain = _serve_args(["runs/tiny-es/sft", "--port", "8123", "--engine", "transformers"])  # what the web page runs
+    assert plain == ServeArgs(target="runs/tiny-es/sft", port=8123, engine="transformers")
+    assert (plain.host, plain.api_key, plain.adapters, plain.extra_args, plain.max_model_len) == ("127.0.0.1", None, [], [], None)
+    monkeypatch.setenv("LLMKIT_API_KEY", "from-env")
+    assert _serve_args(["runs/x"]).api_key == "from-env"
+    assert _serve_args(["runs/x", "--api-key", "given"]).api_key == "given"
+
+
+def test_command_line_config_file_then_overrides(tmp_path, monkeypatch):
+    monkeypatch.delenv("LLMKIT_API_KEY", raising=False)
+    cfg = tmp_path / "serve.yaml"
+    cfg.write_text("target: runs/from-file\nadapters: [a=runs/a]\nname: filed\nport: 9001\nengine: transformers\n"
+                   "max_model_len: 512\nextra_args: [--seed, '1']\n")
+    args = _serve_args(["--config", cfg])
+    assert (args.target, args.adapters, args.name, args.port, args.engine, args.max_model_len, args.extra_args) == (
+        "runs/from-file", ["a=runs/a"], "filed", 9001, "transformers", 512, ["--seed", "1"])
+    over = _serve_args(["runs/given", "-c", cfg, "--port", "9002", "--adapter", "b=runs/b", "--max-model-len", "none", "--", "-x"])
+    assert (over.target, over.adapters, over.name, over.port, over.engine, over.max_model_len, over.extra_args) == (
+        "runs/given", ["b=runs/b"], "filed", 9002, "transformers", None, ["-x"])
+
+
+def test_command_line_mistakes_are_one_line_and_start_nothing(tmp_path, capsys):
+    cfg = tmp_path / "serve.yaml"
+    cfg.write_text("target: runs/x\nprot: 9000\n")
+    cases = [(["runs/x", "--adaptr", "a=b"], "unknown key 'adaptr'. Did you mean: adapters?"),
+             (["--config", cfg], f"{cfg}: unknown key 'prot'. Did you mean: port?"),
+             (["runs/x", "--port", "abc"], "'port' must be an integer, got 'abc'"),
+             (["runs/x", "--engine", "vlm"], "Did you mean: vllm?"),
+             (["--port", "9000"], "llmkit serve needs what to serve"),
+             (["runs/x", "runs/y"], "unexpected argument 'runs/y'"),
+             (["runs/x", "--adapter"], "--adapter needs a value")]
+    before = {c.pid for c in psutil.Process().children(recursive=True)}
+    for argv, message in cases:
+        assert llmkit("serve", *argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1 and err.startswith("llmkit: error: "), (argv, err)
+        assert {c.pid for c in psutil.Process().children(recursive=True)} <= before, "a server was started"
