@@ -442,7 +442,7 @@ def run_side(side: str, run: tuple, paths: dict, a, env: dict, logs: Path, work:
     result = logs / f"{name}-{side}.json"
     result.unlink(missing_ok=True)
     if side == "llmkit":
-        spec = {"side": side, "task": name, "argv": llmkit_argv(run, paths, out, a.steps, a.max_length, a.dry_run)}
+        spec = {"side": side, "task": name, "out": str(out), "argv": llmkit_argv(run, paths, out, a.steps, a.max_length, a.dry_run)}
     else:
         spec = {"side": side, "task": name, "script": str(bench_train.BASELINES / run[3]),
                 "argv": trl_argv(run, paths, out, a.steps, a.max_length, a.dry_run), "trl_config": trl_config(run, env["cuda"])}

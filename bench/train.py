@@ -330,8 +330,8 @@ def child(spec_json: str) -> int:
         from llmkit.cli import main
 
         rec["exit"] = main(spec["argv"])
-        manifest = Path(spec["out"]) / "manifest.json"
-        if manifest.is_file():  # what the stage chose and measured about its batches
+        manifest = Path(spec["out"]) / "manifest.json" if spec.get("out") else None  # bench/gpu_check.py gives no out
+        if manifest is not None and manifest.is_file():  # what the stage chose and measured about its batches
             m = json.loads(manifest.read_text())
             metrics, layout = m.get("metrics", {}), m.get("layout", {})
             rec["batching"] = {**{k: layout[k] for k in ("batches", "train_sampling_strategy", "packing", "torch_compile")

@@ -736,12 +736,13 @@ def test_config_flag_without_file(capsys):
 
 
 def test_a_configuration_the_trainer_refuses_is_one_line_and_leaves_nothing(tmp_path, base_model, sft_data, capsys):
-    """TRL refuses padding_free without packing when max_length is set: llmkit reports it as one
-    line naming the file and removes the staging directory it had just opened."""
+    """TRL's SFTTrainer refuses an eos_token its tokenizer does not have: llmkit reports it as one
+    line naming the file and removes the staging directory it had just opened. (It used to be
+    padding_free with max_length, which llmkit now supports: llmkit/batching.py.)"""
     out = tmp_path / "sft"
     rc = llmkit("sft", "--output_dir", out, "--model_name_or_path", base_model, "--datasets", f"[{sft_data[0]}]",
-                "--padding_free", "true", "--max_length", "128", "--max_steps", "1", "--eval_split_size", "0")
+                "--eos_token", "<|no_such_token|>", "--max_steps", "1", "--eval_split_size", "0")
     assert rc == 2
     err = capsys.readouterr().err
-    assert "SFTTrainer refused the configuration" in err and "padding_free" in err and "Traceback" not in err
+    assert "SFTTrainer refused the configuration" in err and "no_such_token" in err and "Traceback" not in err
     assert not out.exists() and not out.with_name("sft.partial").exists()

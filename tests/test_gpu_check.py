@@ -112,8 +112,9 @@ def test_dry_run_end_to_end(tmp_path):
             assert s["args"]["use_cpu"] == "True"  # the TRL script ran with its CPU settings in the dry run
         assert row["tokens_per_s_ratio"] == pytest.approx(row["llmkit"]["tokens_per_s"] / row["trl"]["tokens_per_s"], rel=1e-2)
         assert row["llmkit"]["model"] == row["trl"]["model"]
-    for name in ("sft_lora", "dpo_lora"):  # same rows in the same order: the same tokens
-        assert runs[name]["llmkit"]["tokens"] == runs[name]["trl"]["tokens"]
+    # sft: same rows in the same order (padding-free batches keep them): the same tokens. dpo is not
+    # compared: llmkit's length-grouped batches (llmkit/batching.py) take other rows into each step
+    assert runs["sft_lora"]["llmkit"]["tokens"] == runs["sft_lora"]["trl"]["tokens"]
     assert runs["sft_lora"]["llmkit"]["flops"]["flops_per_token_factor"] == 4
     assert runs["dpo_lora"]["llmkit"]["flops"]["flops_per_token_factor"] == 6
     assert runs["sft_full_packed"]["llmkit"]["flops"]["flops_per_token_factor"] == 6
