@@ -63,7 +63,8 @@ OWN_COMMANDS = {
     "export": ("llmkit.export", "export_command",
                "a run to GGUF (llama.cpp, Ollama, LM Studio: --quant f16 q8_0 q4_k_m) or a merged standalone model, with a model card"),
     "push": ("llmkit.export", "push_command", "upload a run or an export to the Hugging Face Hub (--repo_id ORG/NAME [--private])"),
-    "ui": ("llmkit.ui", "ui_command", "a web page (Gradio, es/en) over recipes, runs, evaluation, chat and serving; llmkit ui --help"),
+    "ui": ("llmkit.ui.command", "ui_command",
+           "a web page (Gradio, es/en) over recipes, runs, evaluation, chat and serving; llmkit ui --help"),
 }
 
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from llmkit.config import LlmkitError
-from llmkit.ui import check_auth, jobs
+from llmkit.ui import jobs
+from llmkit.ui.command import check_auth
 from llmkit.ui.i18n import LABELS, t
 
 REPO = Path(__file__).resolve().parents[1]
