@@ -338,12 +338,11 @@ def _as_written(raw: Any, typed: Any, from_cli: bool) -> Any:
     return typed
 
 
-def format_help(stage: str, classes: list[type], doc: str) -> str:
-    """Every key with its default and help text, grouped by the dataclass that owns it."""
-    lines = [f"usage: llmkit {stage} --config FILE.yaml [--overwrite] [--key value ...]", "", doc.strip(), ""]
+def stage_keys(classes: list[type]):
+    """(dataclass, key, default, help text on one line) for every key of a stage's dataclasses, each
+    key once (the first class that declares it): what `--help` and the web page's key table list."""
     seen: set[str] = set()
     for cls in classes:
-        rows = []
         for f in dataclasses.fields(cls):
             if not f.init or f.name.startswith("_") or f.name in seen:
                 continue
@@ -354,13 +353,20 @@ def format_help(stage: str, classes: list[type], doc: str) -> str:
                 default = f.default_factory()  # type: ignore[misc]
             else:
                 default = "(required)"
-            text = " ".join(str(f.metadata.get("help", "")).split())
-            if len(text) > 160:
-                text = text[:157] + "..."
-            row = f"  --{f.name} (default: {to_plain(default)!r})"
-            rows.append(f"{row}\n      {text}" if text else row)
-        if rows:
-            lines.append(f"{cls.__module__.split('.')[0]}.{cls.__name__}:")
-            lines.extend(rows)
-            lines.append("")
+            yield cls, f.name, default, " ".join(str(f.metadata.get("help", "")).split())
+
+
+def format_help(stage: str, classes: list[type], doc: str) -> str:
+    """Every key with its default and help text, grouped by the dataclass that owns it."""
+    lines = [f"usage: llmkit {stage} --config FILE.yaml [--overwrite] [--key value ...]", "", doc.strip(), ""]
+    groups: dict[type, list[str]] = {}
+    for cls, name, default, text in stage_keys(classes):
+        if len(text) > 160:
+            text = text[:157] + "..."
+        row = f"  --{name} (default: {to_plain(default)!r})"
+        groups.setdefault(cls, []).append(f"{row}\n      {text}" if text else row)
+    for cls, rows in groups.items():
+        lines.append(f"{cls.__module__.split('.')[0]}.{cls.__name__}:")
+        lines.extend(rows)
+        lines.append("")
     return "\n".join(lines)

@@ -112,27 +112,13 @@ def config_text(ws: Workspace, recipe: str, name: str) -> str:
 
 def key_rows(stage: str, values: dict[str, Any]) -> list[list[str]]:
     """[key, value in the recipe, default, help] for every key of the stage (the `--help` text)."""
-    import dataclasses
-
-    from llmkit.config import to_plain
+    from llmkit.config import stage_keys, to_plain
     from llmkit.stages import stage_module
 
-    mod = stage_module(stage)
-    rows, seen = [], set()
-    for cls in mod.CLASSES:
-        for f in dataclasses.fields(cls):
-            if not f.init or f.name.startswith("_") or f.name in seen:
-                continue
-            seen.add(f.name)
-            if f.default is not dataclasses.MISSING:
-                default = f.default
-            elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-                default = f.default_factory()  # type: ignore[misc]
-            else:
-                default = "(required)"
-            value = values.get(f.name, "")
-            rows.append([f.name, "" if value == "" else _scalar(value), _scalar(to_plain(default)),
-                         " ".join(str(f.metadata.get("help", "")).split())[:300]])
+    rows = []
+    for _, name, default, text in stage_keys(stage_module(stage).CLASSES):
+        value = values.get(name, "")
+        rows.append([name, "" if value == "" else _scalar(value), _scalar(to_plain(default)), text[:300]])
     rows.sort(key=lambda r: (r[1] == "", r[0]))  # the keys the recipe sets first
     return rows
 
