@@ -169,11 +169,18 @@ def _llama_greedy(llm, ids: list[int], n: int) -> tuple[list[int], list[list[flo
         llm.reset()
         llm.eval(seq)
         seq.append(int(np.argmax(llm.scores[len(seq) - 1])))
+    return seq[len(ids):], _llama_logprobs(llm, seq)
+
+
+def _llama_logprobs(llm, seq: list[int]) -> list[list[float]]:
+    """llama.cpp's log-softmax at every position of seq, teacher-forced (one eval of the whole sequence)."""
+    import numpy as np
+
     llm.reset()
     llm.eval(seq)
     s = np.asarray(llm.scores[: len(seq)], dtype=np.float64)
-    logp = s - np.log(np.exp(s - s.max(-1, keepdims=True)).sum(-1, keepdims=True)) - s.max(-1, keepdims=True)
-    return seq[len(ids):], logp.tolist()
+    m = s.max(-1, keepdims=True)
+    return (s - m - np.log(np.exp(s - m).sum(-1, keepdims=True))).tolist()
 
 
 def _token_gap(a, b, seq: list[int]) -> float:
@@ -216,8 +223,6 @@ def test_gguf_f16_greedy_and_logprobs_match_transformers(exports, kind):
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["llama-lora", "qwen2"])
 def test_gguf_q8_logprobs_within_looser_bound(exports, kind):
-    import numpy as np
-
     src, out = exports[kind]
     tok, model = _hf(src)
     llm = _llama(_gguf(out, "q8_0"))
@@ -225,11 +230,7 @@ def test_gguf_q8_logprobs_within_looser_bound(exports, kind):
     for text in PROMPTS:
         ids = _prompt_ids(tok, text)
         hf_new, hf_logp = _hf_greedy(model, ids, NEW_TOKENS)
-        llm.reset()
-        llm.eval(ids + hf_new)  # teacher-forced on transformers' continuation
-        s = np.asarray(llm.scores[: len(ids) + len(hf_new)], dtype=np.float64)
-        m = s.max(-1, keepdims=True)
-        logp = s - m - np.log(np.exp(s - m).sum(-1, keepdims=True))
+        logp = _llama_logprobs(llm, ids + hf_new)  # teacher-forced on transformers' continuation
         worst = max(worst, _token_gap(logp, hf_logp, ids + hf_new))
     assert worst < Q8_LOGPROB_TOL, f"{kind}: q8_0 log-probs differ by up to {worst:.4f}"
     print(f"{kind}: q8_0 max |Δ log p| = {worst:.5f}")
