@@ -226,7 +226,8 @@ def install(trainer, targs, rows_before: int | None = None, stage: str = "") -> 
 
     trainer._get_train_sampler = train_sampler
     trainer._get_eval_sampler = eval_sampler
-    info.update(token_weights(trainer))
+    if type(targs).__name__ == "SFTConfig":  # DPO's loss is a mean over pairs: no loss tokens to count (and no epoch to collate)
+        info.update(token_weights(trainer))
     _say(stage, f"length-grouped batches: padding {100 * info['padding_random']:.0f} % of positions in random batches -> "
                 f"{100 * info['padding_grouped']:.0f} % (epoch 1, from the rows' lengths); {batch} rows per step as before")
     return info
