@@ -85,9 +85,32 @@ def _fmt_plain(v: Any) -> str:
     return "–" if v is None else str(v)
 
 
+NOISE_NOTE = ("Noise: a share in brackets is its 95 % Wilson interval on the n held-out items it was measured on; "
+              "\"paired\" counts the items training fixed and broke (same items before and after) with McNemar's "
+              "exact p: a gain is beyond noise when p < 0.05.")
+
+
+def _with_noise(v: Any, row: dict[str, Any]) -> str:
+    """A share with its 95 % Wilson interval when the row knows its item count."""
+    text = _fmt(v, row.get("metric"))
+    if isinstance(v, (int, float)) and _is_share(row.get("metric")) and row.get("n"):
+        from llmkit.stats import wilson
+
+        lo, hi = wilson(float(v), int(row["n"]))
+        text += f" [{100 * lo:.1f}, {100 * hi:.1f}]"
+    return text
+
+
 def _change(row: dict[str, Any]) -> str:
-    before = f"{_fmt(row['before'], row.get('metric'))} → " if row.get("before") is not None else ""
-    return f"{row['label']} {before}{_fmt(row['after'], row.get('metric'))}"
+    before = f"{_with_noise(row['before'], row)} → " if row.get("before") is not None else ""
+    text = f"{row['label']} {before}{_with_noise(row['after'], row)}"
+    if row.get("n") and _is_share(row.get("metric")):
+        text += f" (n = {row['n']}"
+        if row.get("paired"):
+            pr = row["paired"]
+            text += f"; paired: {pr['fixed']} fixed, {pr['broken']} broken, McNemar p = {pr['p']:.2g}"
+        text += ")"
+    return text
 
 
 def _samples(run: Path) -> list[dict[str, str]]:
@@ -155,7 +178,7 @@ def _machine(card: dict[str, Any]) -> str:
 def to_markdown(card: dict[str, Any]) -> str:
     out = [f"# Report card: {card['title']}", "",
            f"{len(card['stages'])} stages, {card['total_s']:.0f} s of training and measuring in all. "
-           f"Made on: {_machine(card)}.", "", demo_table(card), ""]
+           f"Made on: {_machine(card)}.", "", demo_table(card), "", NOISE_NOTE, ""]
     for s in card["stages"]:
         out += [f"## {s['name']}", "", f"{s['what']}. Run `{s['run']}`"
                 + (f", {s['mode']}" if s["mode"] else "") + (f", {s['steps']} steps" if s["steps"] else "")
@@ -164,7 +187,8 @@ def to_markdown(card: dict[str, Any]) -> str:
             out += ["", "Trained on: " + " → ".join(f"`{p}`" for p in s["lineage"][:-1])]
         if s["summary"]:
             out += ["", "| held-out | before | after |", "|---|---|---|"]
-            out += [f"| {r['label']} | {_fmt(r['before'], r.get('metric'))} | {_fmt(r['after'], r.get('metric'))} |" for r in s["summary"]]
+            out += [f"| {r['label']} | {_with_noise(r['before'], r) if r['before'] is not None else '–'} | {_with_noise(r['after'], r)} |"
+                    for r in s["summary"]]
         for p in s["pictures"]:
             out += ["", f"![{Path(p).stem}]({Path(p).relative_to(card['dir']) if Path(p).is_relative_to(card['dir']) else p})"]
         if s["samples"]:
@@ -208,6 +232,7 @@ def to_html(card: dict[str, Any]) -> str:
         t = f"{s['wall_time_s']:.1f} s" if isinstance(s["wall_time_s"], (int, float)) else "–"
         rows.append([s["name"], t, s["steps"] or "–", "; ".join(_change(r) for r in s["summary"]) or "–", s["run"]])
     parts.append(_table(["stage", "time", "steps", "what changed (held-out)", "output"], rows))
+    parts.append(f"<p class='small'>{e(NOISE_NOTE)}</p>")
     for s in card["stages"]:
         what = re.sub(r"`([^`]+)`", r"<code>\1</code>", e(s["what"]))
         parts.append(f"<section id='{e(s['name'])}'><h2>{e(s['name'])}</h2><p>{what}. Run <code>{e(s['run'])}</code>"
@@ -216,7 +241,8 @@ def to_html(card: dict[str, Any]) -> str:
         if len(s["lineage"]) > 1:
             parts.append("<p class='small'>Trained on: " + " → ".join(f"<code>{e(p)}</code>" for p in s["lineage"][:-1]) + "</p>")
         if s["summary"]:
-            rows = [[r["label"], _fmt(r["before"], r.get("metric")), _fmt(r["after"], r.get("metric"))] for r in s["summary"]]
+            rows = [[r["label"], _with_noise(r["before"], r) if r["before"] is not None else "–", _with_noise(r["after"], r)]
+                    for r in s["summary"]]
             parts.append(_table(["held-out", "before", "after"], rows))
         parts += [_img(p) for p in s["pictures"]]
         if s["samples"]:

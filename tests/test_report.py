@@ -23,7 +23,7 @@ def mini_runs(tmp_path_factory):
 
 
 def test_run_writes_a_report_with_every_stage_s_numbers(mini_runs):
-    from llmkit.report import _fmt
+    from llmkit.report import _fmt, _with_noise
 
     recipe, runs = mini_runs
     md = (runs / "report.md").read_text(encoding="utf-8")
@@ -31,14 +31,18 @@ def test_run_writes_a_report_with_every_stage_s_numbers(mini_runs):
         m = json.loads((runs / stage / "manifest.json").read_text())
         assert m["summary"], f"{stage}: the manifest records no summary"
         for row in m["summary"]:
-            assert f"| {row['label']} | {_fmt(row['before'], row['metric'])} | {_fmt(row['after'], row['metric'])} |" in md
+            before = "–" if row["before"] is None else _with_noise(row["before"], row)
+            assert f"| {row['label']} | {before} | {_with_noise(row['after'], row)} |" in md
         assert f"`{runs / stage}`" in md
         assert f"{m['wall_time_s']:.1f} s" in md
     # the pretrain perplexity really is the manifest's
     pre = json.loads((runs / "pre" / "manifest.json").read_text())["metrics"]
     assert f"held-out perplexity {_fmt(pre['eval_ppl_before'])} → {_fmt(pre['eval_ppl'])}" in md
     sft = json.loads((runs / "sft" / "manifest.json").read_text())["metrics"]
-    assert f"answers in the trained format {100 * sft['sample_format_match_before']:.1f} % →" in md  # shares in %
+    assert f"answers in the trained format {100 * sft['sample_format_match_before']:.1f} % [" in md  # shares in %, with noise
+    # the noise comes from the run itself: its sample count, and exact answers compared item by item
+    assert sft["sample_count"] > 0 and sft["paired_fixed"] + sft["paired_broken"] <= sft["sample_count"]
+    assert f"(n = {sft['sample_count']}; paired: {sft['paired_fixed']} fixed, {sft['paired_broken']} broken" in md
     # sft's greedy answers, before and after
     sample = json.loads((runs / "sft" / "samples.jsonl").read_text(encoding="utf-8").splitlines()[0])
     assert sample["generated_before"] is not None

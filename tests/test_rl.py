@@ -52,6 +52,9 @@ def test_reward_model_beats_chance_on_separable_pairs(tmp_path, base_model, pref
     m = manifest(out)["metrics"]
     assert m["pairwise_accuracy"] >= 0.9 and m["margin"] > 0
     assert m["pairwise_accuracy"] > m["pairwise_accuracy_before"]
+    # the same pairs before and after: the net gain is fixed - broken, and a gain this big is beyond noise
+    gain = round((m["pairwise_accuracy"] - m["pairwise_accuracy_before"]) * m["eval_pairs"])
+    assert m["paired_fixed"] - m["paired_broken"] == gain and m["paired_p"] < 0.05
     # saved as a full sequence-classification model that later stages load directly
     tok = AutoTokenizer.from_pretrained(out)
     rm = AutoModelForSequenceClassification.from_pretrained(out)
@@ -85,6 +88,8 @@ def test_dpo_grows_the_implicit_reward_margin(tmp_path, base_model, prefs, extra
     assert m["implicit_reward_margin"] > 0.1
     assert m["implicit_reward_accuracy"] >= 0.8
     assert m["preference_accuracy"] >= m["preference_accuracy_before"]
+    gain = round((m["preference_accuracy"] - m["preference_accuracy_before"]) * m["eval_pairs"])
+    assert m["paired_fixed"] - m["paired_broken"] == gain  # the same pairs, compared one by one
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     margins = [r["rewards/margins"] for r in logged if "rewards/margins" in r and "eval_loss" not in r]
     assert margins[-1] > margins[0]
@@ -124,6 +129,8 @@ def test_grpo_scores_every_completion_and_changes_the_policy(tmp_path, base_mode
     assert seen[0] == 1 and sum(seen[1:]) >= 3 * 8 and all(n == 8 for n in seen[1:] if n != 10)
     m = manifest(out)["metrics"]
     assert {"eval_math_accuracy_reward", "eval_format_reward", "eval_math_accuracy_reward_before"} <= set(m)
+    gain = round((m["eval_math_accuracy_reward"] - m["eval_math_accuracy_reward_before"]) * m["eval_prompts"])
+    assert m["paired_fixed"] - m["paired_broken"] == gain and 0 <= m["paired_p"] <= 1
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert all("rewards/counting_reward/mean" in r for r in logged if "reward" in r)
     assert any("kl" in r for r in logged)

@@ -5,7 +5,9 @@ module imports TRL, which takes seconds).
 
 A stage module defines ``STAGE`` (its name), ``CLASSES`` (the dataclasses its keys come from),
 ``DOC`` (its ``--help`` text), ``main(cfg, overwrite)``, optionally ``defaults(explicit)``, and
-``SUMMARY``: its key numbers as ``(label, metric before training or None, metric after)``.
+``SUMMARY``: its key numbers as ``(label, metric before training or None, metric after)``;
+optionally ``COUNT``, the metric holding how many held-out items its shares are measured on, and
+``PAIRED``, the metric whose items it also compares one by one before/after (``llmkit.stats``).
 """
 
 from __future__ import annotations
@@ -43,13 +45,21 @@ def manifest_summary(manifest: dict[str, Any] | None, stage: str | None = None) 
 
 def summary(stage: str, metrics: dict[str, Any]) -> list[dict[str, Any]]:
     """The stage's SUMMARY filled in from a run's metrics: ``[{"label", "before", "after"}]``
-    for every pair whose "after" value the run has."""
+    for every pair whose "after" value the run has, plus ``n`` (held-out items, when the stage
+    declares COUNT) and ``paired`` ({"fixed", "broken", "p"}, on the stage's PAIRED row)."""
     if stage not in STAGES:
         return []
+    module = stage_module(stage)
+    n = metrics.get(getattr(module, "COUNT", None) or "")
     rows = []
-    for label, before, after in getattr(stage_module(stage), "SUMMARY", ()):
+    for label, before, after in getattr(module, "SUMMARY", ()):
         if isinstance(metrics.get(after), (int, float)):
-            rows.append({"label": label, "metric": after, "before": metrics.get(before) if before else None, "after": metrics[after]})
+            row = {"label": label, "metric": after, "before": metrics.get(before) if before else None, "after": metrics[after]}
+            if isinstance(n, int) and n > 0:
+                row["n"] = n
+            if after == getattr(module, "PAIRED", None) and "paired_p" in metrics:
+                row["paired"] = {"fixed": metrics["paired_fixed"], "broken": metrics["paired_broken"], "p": metrics["paired_p"]}
+            rows.append(row)
     return rows
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from trl import DPOConfig, ModelConfig
 
-from llmkit import batching, data, lineage, modeling, runs
+from llmkit import batching, data, lineage, modeling, runs, stats
 from llmkit.config import LlmkitError, StageConfig
 from llmkit.stages import checks, common, devices
 from llmkit.stages.args import DataArgs, tokenizer_path
@@ -31,6 +31,8 @@ STAGE = "dpo"
 # the stage's key numbers, (label, metric before training, metric after): manifest "summary", `llmkit run`, reports
 SUMMARY = (("preference accuracy", "preference_accuracy_before", "preference_accuracy"),
            ("implicit-reward accuracy", None, "implicit_reward_accuracy"), ("implicit-reward margin", None, "implicit_reward_margin"))
+COUNT = "eval_pairs"  # how many held-out pairs the accuracies are measured on (their noise, llmkit/stats.py)
+PAIRED = "preference_accuracy"  # the row whose pairs are also compared one by one before/after
 
 
 CLASSES = [DataArgs, ModelConfig, DPOConfig]
@@ -82,10 +84,12 @@ def completion_logps(model, tokenizer, prompts: list[str], completions: list[str
     return out
 
 
-def preference_metrics(policy, tokenizer, rows: list[dict], beta: float, ref=None, desc: str | None = None) -> dict[str, float]:
+def preference_metrics(policy, tokenizer, rows: list[dict], beta: float, ref=None, desc: str | None = None,
+                       wins: list | None = None) -> dict[str, float]:
     """Preference accuracy of the policy, and DPO's implicit reward accuracy/margin against the
     reference (``ref``, or the policy with its LoRA adapter disabled when ``ref`` is None).
-    ``desc`` names the progress bar (4 scored sequences per pair)."""
+    ``desc`` names the progress bar (4 scored sequences per pair); each pair's chosen-above-rejected
+    is appended to ``wins`` when given."""
     import contextlib
 
     from llmkit import progress
@@ -98,6 +102,8 @@ def preference_metrics(policy, tokenizer, rows: list[dict], beta: float, ref=Non
             rc, rr = completion_logps(ref_model, tokenizer, p, c, bar=bar), completion_logps(ref_model, tokenizer, p, r, bar=bar)
     margins = [beta * ((a - b) - (d - e)) for a, b, d, e in zip(pc, rc, pr, rr)]
     n = len(rows)
+    if wins is not None:
+        wins.extend(x > y for x, y in zip(pc, pr))
     return {
         "preference_accuracy": sum(x > y for x, y in zip(pc, pr)) / n,
         "implicit_reward_accuracy": sum(m > 0 for m in margins) / n,
@@ -145,16 +151,19 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     metrics.update(batching.install(trainer, dargs, stage=STAGE))  # length-grouped batches
     held = eval_ds.to_list()[:200] if eval_ds is not None else []
 
+    wins_before: list[bool] = []
+    wins_after: list[bool] = []
     if held:
         before = preference_metrics(trainer.model, tokenizer, held, dargs.beta, ref=trainer.model,
-                                    desc="llmkit dpo: held-out preference metrics (before)")
+                                    desc="llmkit dpo: held-out preference metrics (before)", wins=wins_before)
         metrics["preference_accuracy_before"] = before["preference_accuracy"]
     result = common.train(trainer, staging)
     metrics["train_loss"] = result.training_loss
     if held:
         metrics.update(preference_metrics(trainer.accelerator.unwrap_model(trainer.model), tokenizer, held, dargs.beta, ref=ref,
-                                          desc="llmkit dpo: held-out preference metrics (after)"))
+                                          desc="llmkit dpo: held-out preference metrics (after)", wins=wins_after))
         metrics["eval_pairs"] = len(held)
+        metrics.update(stats.paired(wins_before, wins_after))
     trainer.save_model(str(staging))
     if runs.is_main_process():
         tokenizer.save_pretrained(staging)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from trl import GRPOConfig, ModelConfig
 
-from llmkit import data, lineage, modeling, runs
+from llmkit import data, lineage, modeling, runs, stats
 from llmkit.config import LlmkitError, StageConfig
 from llmkit.stages import checks, common, devices, disk
 from llmkit.stages.args import DataArgs, tokenizer_path
@@ -40,6 +40,8 @@ STAGE = "grpo"
 SAMPLES = 8  # held-out answers before/after kept in samples.jsonl
 SUMMARY = (("answer accuracy", "eval_math_accuracy_reward_before", "eval_math_accuracy_reward"),
            ("format reward", "eval_format_reward_before", "eval_format_reward"))
+COUNT = "eval_prompts"  # how many held-out items each share above is measured on (its noise, llmkit/stats.py)
+PAIRED = "eval_math_accuracy_reward"  # the row whose items are also compared one by one before/after
 
 
 @dataclass
@@ -77,9 +79,11 @@ def check_generation_batch(gargs: GRPOConfig, cfg: StageConfig) -> None:
 
 
 def evaluate(model, tokenizer, rows: list[dict], funcs, max_new_tokens: int, desc: str | None = None,
-             answers: list | None = None) -> dict[str, float]:
+             answers: list | None = None, item_scores: list | None = None) -> dict[str, float]:
     """Mean of every reward function over greedy answers to held-out prompts (the answers are
-    appended to ``answers`` when given)."""
+    appended to ``answers``, and the per-prompt scores of the accuracy reward, else of the first
+    reward, to ``item_scores``, when given)."""
+    keyed = next((f for f in funcs if f.__name__ == "math_accuracy_reward"), funcs[0])
     completions = modeling.generate_completions(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens, desc=desc)
     if answers is not None:
         answers.extend(completions)
@@ -89,7 +93,10 @@ def evaluate(model, tokenizer, rows: list[dict], funcs, max_new_tokens: int, des
     extra = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"}
     out = {}
     for f in funcs:
-        scores = [s for s in f(prompts=[r["prompt"] for r in rows], completions=completions, completion_ids=ids, **extra) if s is not None]
+        given = f(prompts=[r["prompt"] for r in rows], completions=completions, completion_ids=ids, **extra)
+        if item_scores is not None and f is keyed:
+            item_scores.extend(given)
+        scores = [s for s in given if s is not None]
         out[f.__name__] = sum(scores) / max(len(scores), 1)
     return out
 
@@ -177,16 +184,21 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     held = eval_ds.to_list()[: a.eval_limit] if eval_ds is not None else []
     answers_before: list[str] = []
     answers_after: list[str] = []
+    right_before: list = []
+    right_after: list = []
     if held and runs.is_main_process():
         metrics.update({f"eval_{k}_before": v for k, v in evaluate(trainer.model, tokenizer, held, funcs, a.eval_max_new_tokens,
-                                                                  "llmkit grpo: held-out rewards (before)", answers_before).items()})
+                                                                  "llmkit grpo: held-out rewards (before)", answers_before,
+                                                                  right_before).items()})
     result = common.train(trainer, staging)
     metrics["train_loss"] = result.training_loss
     if held and runs.is_main_process():
         model = trainer.accelerator.unwrap_model(trainer.model)
         metrics.update({f"eval_{k}": v for k, v in evaluate(model, tokenizer, held, funcs, a.eval_max_new_tokens,
-                                                           "llmkit grpo: held-out rewards (after)", answers_after).items()})
+                                                           "llmkit grpo: held-out rewards (after)", answers_after, right_after).items()})
         metrics["eval_prompts"] = len(held)
+        # the same prompts before and after: fixed/broken and McNemar's p (full marks of the accuracy reward)
+        metrics.update(stats.paired([x == 1 for x in right_before], [x == 1 for x in right_after]))
     trainer.save_model(str(staging))
     if runs.is_main_process():
         tokenizer.save_pretrained(staging)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from trl import ModelConfig, RewardConfig
 
-from llmkit import data, lineage, modeling, runs
+from llmkit import data, lineage, modeling, runs, stats
 from llmkit.config import LlmkitError, StageConfig
 from llmkit.stages import checks, common, devices
 from llmkit.stages.args import DataArgs, tokenizer_path
@@ -29,6 +29,8 @@ from llmkit.stages.args import DataArgs, tokenizer_path
 STAGE = "reward"
 # the stage's key numbers, (label, metric before training, metric after): manifest "summary", `llmkit run`, reports
 SUMMARY = (("pairwise accuracy", "pairwise_accuracy_before", "pairwise_accuracy"), ("margin", "margin_before", "margin"))
+COUNT = "eval_pairs"  # how many held-out pairs the accuracy is measured on (its noise, llmkit/stats.py)
+PAIRED = "pairwise_accuracy"  # the row whose pairs are also compared one by one before/after
 
 
 CLASSES = [DataArgs, ModelConfig, RewardConfig]
@@ -69,15 +71,17 @@ def score(model, tokenizer, texts: list[str], batch_size: int = 16, bar=None) ->
     return scores
 
 
-def pairwise(model, tokenizer, rows: list[dict], desc: str | None = None) -> dict[str, float]:
+def pairwise(model, tokenizer, rows: list[dict], desc: str | None = None, wins: list | None = None) -> dict[str, float]:
     """Accuracy (chosen scored above rejected) and mean margin over held-out pairs (``desc``
-    names the progress bar)."""
+    names the progress bar; each pair's chosen-above-rejected is appended to ``wins`` when given)."""
     from llmkit import progress
 
     chosen, rejected = zip(*(pair_texts(tokenizer, r) for r in rows))
     with progress.bar(2 * len(rows), desc, unit="seq") as bar:
         sc, sr = score(model, tokenizer, list(chosen), bar=bar), score(model, tokenizer, list(rejected), bar=bar)
     diffs = [c - r for c, r in zip(sc, sr)]
+    if wins is not None:
+        wins.extend(d > 0 for d in diffs)
     return {"pairwise_accuracy": sum(d > 0 for d in diffs) / len(diffs), "margin": sum(diffs) / len(diffs)}
 
 
@@ -120,8 +124,10 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     )
     metrics: dict = {"train_pairs": len(train_ds), "mode": "lora" if lora else "full"}
     held = eval_ds.to_list() if eval_ds is not None else []
+    wins_before: list[bool] = []
+    wins_after: list[bool] = []
     if held:
-        before = pairwise(trainer.model, tokenizer, held, "llmkit reward: held-out pairwise accuracy (before)")
+        before = pairwise(trainer.model, tokenizer, held, "llmkit reward: held-out pairwise accuracy (before)", wins_before)
         metrics.update({f"{k}_before": v for k, v in before.items()})
     result = common.train(trainer, staging)
     metrics["train_loss"] = result.training_loss
@@ -129,8 +135,9 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     if lora is not None:
         final = trainer.accelerator.unwrap_model(final).merge_and_unload()
     if held:
-        metrics.update(pairwise(final, tokenizer, held, "llmkit reward: held-out pairwise accuracy (after)"))
+        metrics.update(pairwise(final, tokenizer, held, "llmkit reward: held-out pairwise accuracy (after)", wins_after))
         metrics["eval_pairs"] = len(held)
+        metrics.update(stats.paired(wins_before, wins_after))
     if runs.is_main_process():
         trainer.accelerator.unwrap_model(final).save_pretrained(staging) if lora is None else final.save_pretrained(staging)
         tokenizer.save_pretrained(staging)

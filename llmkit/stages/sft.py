@@ -27,7 +27,7 @@ from pathlib import Path
 
 from trl import ModelConfig, SFTConfig
 
-from llmkit import batching, data, lineage, modeling, progress, runs
+from llmkit import batching, data, lineage, modeling, progress, runs, stats
 from llmkit.config import LlmkitError, StageConfig
 from llmkit.stages import checks, common, devices
 from llmkit.stages.args import DataArgs, tokenizer_path
@@ -36,6 +36,8 @@ STAGE = "sft"
 # the stage's key numbers, (label, metric before training, metric after): manifest "summary", `llmkit run`, reports
 SUMMARY = (("held-out answer loss", "eval_loss_before", "eval_loss"), ("exact answers", "sample_exact_match_before", "sample_exact_match"),
            ("answers in the trained format", "sample_format_match_before", "sample_format_match"))
+COUNT = "sample_count"  # how many held-out chats the shares above are measured on (their noise, llmkit/stats.py)
+PAIRED = "sample_exact_match"  # the row whose items are also compared one by one before/after
 
 
 @dataclass
@@ -194,6 +196,9 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
                     fh.write(json.dumps(s, ensure_ascii=False) + "\n")
             metrics["sample_exact_match"] = sum(s["exact_match"] for s in samples) / len(samples)
             metrics["sample_format_match"] = sum(s["format_match"] for s in samples) / len(samples)
+            metrics["sample_count"] = len(samples)
+            if eval_ds is not None and before and len(before) == len(samples):
+                metrics.update(stats.paired([s["exact_match"] for s in before], [s["exact_match"] for s in samples]))
             for s in samples[:3]:
                 print(f"  Q: {s['prompt'][:80]!r}\n  A: {s['generated'][:80]!r}  (ref {s['reference'][:60]!r})", flush=True)
     inputs = {"model": margs.model_name_or_path, "tokenizer": tok_path, **provenance}

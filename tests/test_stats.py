@@ -1,0 +1,53 @@
+"""The noise the stages record (llmkit/stats.py), against scipy's independent implementations:
+Wilson intervals against ``binomtest(...).proportion_ci(method="wilson")``, McNemar's exact test
+against a two-sided binomial test of the discordant items; and the summary rows / report card
+showing them from a run's own metrics."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmkit import stats
+
+scipy_stats = pytest.importorskip("scipy.stats")
+
+
+@pytest.mark.parametrize("k,n", [(0, 200), (23, 200), (85, 200), (200, 200), (3, 7), (1, 1)])
+def test_wilson_equals_scipy(k, n):
+    ref = scipy_stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    lo, hi = stats.wilson(k / n, n)
+    assert lo == pytest.approx(ref.low, abs=2e-4) and hi == pytest.approx(ref.high, abs=2e-4)
+
+
+@pytest.mark.parametrize("fixed,broken", [(14, 7), (22, 10), (0, 0), (5, 0), (30, 30), (40, 12)])
+def test_mcnemar_equals_a_binomial_test_of_the_discordant_items(fixed, broken):
+    expected = 1.0 if fixed + broken == 0 else scipy_stats.binomtest(fixed, fixed + broken, 0.5).pvalue
+    assert stats.mcnemar_exact(fixed, broken) == pytest.approx(expected, rel=1e-9)
+
+
+def test_paired_counts_fixed_and_broken_items():
+    before = [True, False, False, True, False, True]
+    after = [True, True, True, False, False, True]
+    got = stats.paired(before, after)
+    assert (got["paired_fixed"], got["paired_broken"]) == (2, 1)
+    assert got["paired_p"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="3 items before, 2 after"):
+        stats.paired([True] * 3, [True] * 2)
+
+
+def test_summary_rows_and_the_report_show_the_noise():
+    from llmkit.report import _change
+    from llmkit.stages import summary
+
+    metrics = {"eval_math_accuracy_reward_before": 0.425, "eval_math_accuracy_reward": 0.46, "eval_format_reward_before": 1.0,
+               "eval_format_reward": 1.0, "eval_prompts": 200, **stats.paired([True] * 7 + [False] * 14, [False] * 7 + [True] * 14)}
+    rows = summary("grpo", metrics)
+    acc = rows[0]
+    assert acc["n"] == 200 and acc["paired"] == {"fixed": 14, "broken": 7, "p": metrics["paired_p"]}
+    assert "paired" not in rows[1]  # only the accuracy row is compared item by item
+    lo, hi = stats.wilson(0.46, 200)
+    text = _change(acc)
+    assert f"46.0 % [{100 * lo:.1f}, {100 * hi:.1f}]" in text
+    assert "paired: 14 fixed, 7 broken, McNemar p = 0.19" in text
+    # a stage without COUNT (pretrain) gets no interval
+    assert "[" not in _change(summary("pretrain", {"eval_ppl_before": 2071.0, "eval_ppl": 3.14})[0])
