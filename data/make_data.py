@@ -34,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 CORPUS_TRAIN_BYTES = 1_350_000  # corpus_train.jsonl grows until it reaches this size
 HELDOUT_EVERY = 16              # every 16th unique paragraph goes to corpus_heldout
 N_SFT, N_SFT_HELD, N_PREF, N_PREF_HELD, N_MATH, N_MATH_TEST = 3000, 200, 2000, 200, 2000, 200
-N_EASY, N_EASY_TEST = 1000, 200
+N_EASY, N_EASY_TEST, N_EASY_MORE_TEST = 1000, 200, 800  # 1,000 test problems: a paired test sees a 4-point gain
 MATH_SUFFIX = "Termina con «La respuesta es N»."
 MATH_TEST_PROMPTS = set()     # filled by build() before anything else is generated
 
@@ -636,15 +636,16 @@ def make_corpus(rng):
             size += len(dumps(train[-1]).encode()) + 1
     return train, held
 
-def split(rng, n_train, n_held, make):
-    """Draw rows with distinct keys from make(rng) -> (key, row); the first n_held are the held-out split."""
+def split(rng, n_train, n_held, make, more_held=0):
+    """Draw rows with distinct keys from make(rng) -> (key, row); the first n_held are the held-out split,
+    then n_train train rows, then more_held more held-out rows (a bigger test set, the others unchanged)."""
     seen, rows = set(), []
-    while len(rows) < n_train + n_held:
+    while len(rows) < n_train + n_held + more_held:
         key, row = make(rng)
         if key not in seen:
             seen.add(key)
             rows.append(row)
-    return rows[n_held:], rows[:n_held]
+    return rows[n_held:n_held + n_train], rows[:n_held] + rows[n_held + n_train:]
 
 def user(q):
     return {"role": "user", "content": q}
@@ -652,12 +653,12 @@ def user(q):
 def assistant(a):
     return {"role": "assistant", "content": a}
 
-def make_math(rng, problem=word_problem, n_train=N_MATH, n_test=N_MATH_TEST):
+def make_math(rng, problem=word_problem, n_train=N_MATH, n_test=N_MATH_TEST, more_test=0):
     def one(rng):
         text, steps = problem(rng)
         q = f"{text} {MATH_SUFFIX}"
         return q, {"prompt": [user(q)], "answer": str(steps[-1][3])}
-    return split(rng, n_train, n_test, one)
+    return split(rng, n_train, n_test, one, more_test)
 
 def make_sft(rng):
     def one(rng):
@@ -683,7 +684,7 @@ def make_prefs(rng):
 
 def build():
     math_train, math_test = make_math(Random(SEED + 4))
-    easy_train, easy_test = make_math(Random(SEED + 5), easy_problem, N_EASY, N_EASY_TEST)
+    easy_train, easy_test = make_math(Random(SEED + 5), easy_problem, N_EASY, N_EASY_TEST, N_EASY_MORE_TEST)
     MATH_TEST_PROMPTS.clear()                 # keep GRPO's test prompts out of the corpus, SFT and preferences
     MATH_TEST_PROMPTS.update(r["prompt"][0]["content"] for r in math_test + easy_test)
     corpus_train, corpus_heldout = make_corpus(Random(SEED + 1))
