@@ -207,6 +207,7 @@ def transformers_command(plan: ServePlan, host: str, port: int) -> list[str]:
 
 def check_port_free(host: str, port: int) -> None:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a stopped server's port in TIME_WAIT is free
         try:
             s.bind((host, port))
         except OSError as exc:

@@ -268,3 +268,106 @@ def test_eval_commands_and_the_chain_stage_being_run(ws):
           "===== llmkit run: pretrain (pretrain, recipes/tiny-es/pretrain.yaml) =====\n[step 3/40] loss 7.1\n"
     assert jobs.chain_current(ws, "tiny-es", log) == ws.runs_root / "tiny-es/pretrain"
     assert jobs.chain_current(ws, "tiny-es", "no stage yet") is None
+
+
+# ----------------------------------------------------------------------------- evaluation and serving, without a browser
+
+
+def test_eval_and_serve_refuse_bad_input_with_one_line_and_start_nothing(ws):
+    pytest.importorskip("gradio")
+    from llmkit.ui import app
+
+    ws.runs_root.mkdir(parents=True)
+    run = ws.runs_root / "tiny-es" / "pretrain"
+    assert app.eval_start(ws, [], "es_llm", 4, "transformers", "es") == "llmkit: error: choose at least one run to evaluate"
+    assert app.serve_start(ws, None, 8000, "transformers", "es") == "llmkit: error: choose a run to serve"
+    for port in (None, 0, 70000, "x", 80.5):
+        assert app.serve_start(ws, str(run), port, "transformers", "es").startswith(f"llmkit: error: port {port!r}: choose")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        message = app.serve_start(ws, str(run), port, "transformers", "es")
+    assert message == f"llmkit: error: port {port} on 127.0.0.1 is already in use (Address already in use); pick another with --port"
+    assert snapshot(ws.runs_root) == []  # no job record, no log: nothing started
+    assert app.serve_status(str(run), "es") == (t("no_server", "es"), "", "")
+    assert app.serve_stop(str(run), "es") == f"llmkit: error: nothing is running for {run}"
+
+
+def test_an_earlier_evaluation_is_refused_before_anything_starts(ws):
+    run = ws.runs_root / "tiny-es" / "sft"
+    run.mkdir(parents=True)
+    assert jobs.eval_outputs([str(run)]) == [ws.runs_root / "tiny-es" / "eval" / "sft"]  # `llmkit eval`'s own default
+    done = ws.runs_root / "tiny-es" / "eval" / "sft"
+    done.mkdir(parents=True)
+    (done / "manifest.json").write_text(json.dumps({"stage": "eval", "status": "complete"}))
+    with pytest.raises(LlmkitError, match="already holds a finished 'eval' run"):
+        jobs.eval_outputs([str(run)])
+
+
+def test_a_jobs_extra_keys_are_in_its_record_before_the_child_runs(ws):
+    """The port of a server is written with the record, not after the start: the child's own write
+    (armed, pid) cannot drop it."""
+    out = ws.runs_root / "demo" / "ls"
+    job = jobs.start(ws, [["ls", "recipes"]], out, "x", kind="serve", extra={"port": 8123, "engine": "transformers"})
+    done = jobs.wait(out, "x", timeout=120)
+    assert done["rc"] == 0 and done["port"] == 8123 and done["engine"] == "transformers"
+    assert done["pid"] == job["pid"] and done["armed"] is True
+
+
+def test_the_snippet_is_runnable_python_naming_port_and_model():
+    pytest.importorskip("gradio")
+    from llmkit.ui.app import client_snippet
+
+    code = client_snippet(8123, "/tmp/runs/tiny-es/sft")
+    compile(code, "snippet", "exec")
+    assert 'base_url="http://127.0.0.1:8123/v1"' in code and "model='/tmp/runs/tiny-es/sft'" in code
+
+
+class _FakeServer:
+    """An HTTP stand-in for a server's two read-only endpoints: /v1/models and /health."""
+
+    def __init__(self, models: list[dict], health: int):
+        import http.server
+        import threading
+
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - the stdlib's name
+                body, code = (json.dumps({"object": "list", "data": outer.models}), 200) if self.path == "/v1/models" else \
+                    (json.dumps({"status": "ok"}), outer.health) if self.path == "/health" else ("{}", 404)
+                self.send_response(code)
+                self.send_header("content-type", "application/json")
+                self.end_headers()
+                self.wfile.write(body.encode())
+
+            def log_message(self, *args):
+                pass
+
+        self.models, self.health = models, health
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_the_served_model_name_comes_from_the_server(tmp_path):
+    from llmkit.ui.chat import server_model
+
+    run = str(tmp_path / "sft")
+    srv = _FakeServer([{"id": "base"}, {"id": "sft", "parent": "base"}], 200)  # vLLM: a LoRA run over its base
+    try:
+        assert server_model(srv.url, run) == "sft"
+        srv.models = [{"id": "pretrain"}]  # llama.cpp, vLLM on a full model
+        assert server_model(srv.url, run) == "pretrain"
+        srv.models, srv.health = [], 200  # transformers serve: lists the hub cache only, named by its path
+        assert server_model(srv.url, run) == run
+        srv.health = 503  # ... and is not ready yet
+        assert server_model(srv.url, run) is None
+    finally:
+        srv.close()
+    assert server_model(srv.url, run) is None  # nothing answers

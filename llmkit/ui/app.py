@@ -1,7 +1,9 @@
 """The page (Gradio): five tabs over llmkit.ui.jobs, every label from i18n (es/en).
 
 Recetas starts the command a user would type; Ejecuciones reads the run directories; Evaluación
-starts `llmkit eval` and shows `--compare`; Chat talks to runs; Servir starts `llmkit serve`."""
+starts `llmkit eval` and, once it has finished, shows `--compare` of what it wrote; Servir starts
+`llmkit serve` (running once the server answers, with an openai snippet of its port and model);
+Chat talks to runs: through that server while one runs for the run, else loaded in this process."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from typing import Any
 import gradio as gr
 
 from llmkit.config import LlmkitError
+from llmkit.serving import ENGINES as SERVE_ENGINES
 from llmkit.ui import jobs
 from llmkit.ui.i18n import LANGS, cols, t
 
@@ -247,28 +250,48 @@ def run_details(ws, run: str | None):
 # ----------------------------------------------------------------------------- eval tab logic
 
 
+EVAL_OUT, EVAL_JOB = "eval", "eval"  # the job record: <runs root>/.ui/eval.json
+
+
 def eval_start(ws, chosen: list[str], tasks: str, limit, engine: str, lang: str) -> str:
     try:
         commands = jobs.eval_commands(ws, chosen, tasks, limit, engine)
-        job = jobs.start(ws, commands, ws.runs_root / "eval", "eval", kind="eval")
+        outputs = jobs.eval_outputs(chosen)
+        job = jobs.start(ws, commands, ws.runs_root / EVAL_OUT, EVAL_JOB, kind="eval", extra={"outputs": [str(o) for o in outputs]})
         return f"{t('started', lang)} (pid {job['pid']}): {job['command']}"
     except LlmkitError as exc:
         return error_line(exc)
 
 
-def eval_status(ws, lang) -> tuple[str, str]:
-    job = jobs.read_job(jobs.job_file(ws.runs_root / "eval", "eval"))
+def eval_tick(ws, lang: str, shown: str | None):
+    """(state, log, results list, table, chart, shown) of the page's evaluation; once it has
+    finished, the results it wrote are checked in the list and compared (one: its report), once."""
+    job = jobs.read_job(jobs.job_file(ws.runs_root / EVAL_OUT, EVAL_JOB))
     if not job:
-        return t("no_job", lang), ""
-    return f"{t('state_' + jobs.job_state(job), lang)}: {job['command']}", jobs.tail(job.get("log"), 30)
+        return t("no_eval", lang), "", gr.skip(), gr.skip(), gr.skip(), shown
+    state = jobs.job_state(job)
+    text, log = f"{t('state_' + state, lang)}: {job['command']}", jobs.tail(job.get("log"), 30)
+    key = str(job.get("started"))
+    if state != "finished" or shown == key:
+        return text, log, gr.skip(), gr.skip(), gr.skip(), shown
+    done = [o for o in job.get("outputs", []) if (Path(o) / "results.json").is_file()]
+    table, chart = eval_compare(ws, done)
+    return text, log, gr.update(choices=jobs.eval_results(ws), value=done), table, chart, key
 
 
 def eval_compare(ws, chosen: list[str]):
+    """`llmkit eval --compare` of the chosen results (compare.md, compare.png next to the first);
+    one result: its own report.md and results.png."""
     from llmkit.evaluation import report
 
     try:
         paths = [Path(p) for p in chosen or []]
-        out = (paths[0].parent / "compare") if paths else ws.runs_root / "eval" / "compare"
+        if not paths:
+            raise LlmkitError("choose the results to compare (two or more; one shows its report)")
+        if len(paths) == 1:
+            md, png = paths[0] / "report.md", paths[0] / "results.png"
+            return md.read_text(encoding="utf-8") if md.is_file() else "", str(png) if png.is_file() else None
+        out = paths[0].parent / "compare"
         if not ws.inside(out):
             raise LlmkitError(f"{out} is outside {ws.runs_root}")
         text = report.compare(paths, out_dir=out, echo=False)
@@ -281,22 +304,44 @@ def eval_compare(ws, chosen: list[str]):
 # ----------------------------------------------------------------------------- serve and chat logic
 
 
+def _serve_name(run: str) -> str:
+    return "serve-" + Path(run).name
+
+
 def _serve_job(run: str) -> dict[str, Any] | None:
-    job = jobs.read_job(jobs.job_file(Path(run), "serve-" + Path(run).name)) if run else None
+    """The page's server for RUN while its process runs (answering or still starting)."""
+    job = jobs.read_job(jobs.job_file(Path(run), _serve_name(run))) if run else None
     return job if jobs.job_alive(job) else None
 
 
+def _server_url(job: dict[str, Any]) -> str:
+    return f"http://127.0.0.1:{job['port']}"
+
+
+def _port(value) -> int:
+    try:
+        port = int(value)
+    except (TypeError, ValueError):
+        port = -1
+    if not 1 <= port <= 65535 or (isinstance(value, float) and value != port):
+        raise LlmkitError(f"port {value!r}: choose a whole number from 1 to 65535, e.g. 8000")
+    return port
+
+
 def serve_start(ws, run: str | None, port, engine: str, lang: str) -> str:
+    """`llmkit serve RUN --port P --engine E` in the background, after the checks it makes first."""
     try:
         if not run:
             raise LlmkitError("choose a run to serve")
+        port = _port(port)
+        busy = _serve_job(run)
+        if busy:
+            raise LlmkitError(f"{busy.get('command')} is still running; stop it first")
         from llmkit.serving import check_port_free
 
-        check_port_free("127.0.0.1", int(port))
-        argv = ["serve", run, "--port", str(int(port)), "--engine", engine]
-        job = jobs.start(ws, [argv], Path(run), "serve-" + Path(run).name, kind="serve")
-        f = jobs.job_file(Path(run), "serve-" + Path(run).name)
-        jobs.write_job(f, {**(jobs.read_job(f) or job), "port": int(port)})
+        check_port_free("127.0.0.1", port)
+        argv = ["serve", run, "--port", str(port), "--engine", engine]
+        job = jobs.start(ws, [argv], Path(run), _serve_name(run), kind="serve", extra={"port": port, "engine": engine})
         return f"{t('started', lang)} (pid {job['pid']}): {job['command']}"
     except LlmkitError as exc:
         return error_line(exc)
@@ -306,24 +351,37 @@ def serve_stop(run: str | None, lang: str) -> str:
     try:
         if not run:
             raise LlmkitError("choose a run")
-        return f"{t('stopping', lang)} ({jobs.stop(Path(run), 'serve-' + Path(run).name)})"
+        return f"{t('stopping_server', lang)} ({jobs.stop(Path(run), _serve_name(run))})"
     except LlmkitError as exc:
         return error_line(exc)
 
 
+def client_snippet(port: int, model: str) -> str:
+    """Python that talks to the server (the openai client): the port and model name it serves."""
+    return (f'from openai import OpenAI\n\nclient = OpenAI(base_url="http://127.0.0.1:{port}/v1", api_key="none")\n'
+            f'reply = client.chat.completions.create(model={model!r}, messages=[{{"role": "user", "content": "¡Hola!"}}],\n'
+            f'                                       temperature=0, max_tokens=64)\n'
+            f'print(reply.choices[0].message.content)\n')
+
+
 def serve_status(run: str | None, lang: str) -> tuple[str, str, str]:
-    if not run:
-        return t("no_job", lang), "", ""
-    f = jobs.job_file(Path(run), "serve-" + Path(run).name)
-    job = jobs.read_job(f)
+    """(state, log, client snippet): starting until the server answers, then running with its
+    URL and model name (and the snippet); stopped, failed or lost once its process has ended."""
+    from llmkit.ui import chat
+
+    job = jobs.read_job(jobs.job_file(Path(run), _serve_name(run))) if run else None
     if not job:
-        return t("no_job", lang), "", ""
-    port = job.get("port", 8000)
-    snippet = (f'from openai import OpenAI\n\nclient = OpenAI(base_url="http://127.0.0.1:{port}/v1", api_key="none")\n'
-               f'model = client.models.list().data[-1].id\n'
-               f'reply = client.chat.completions.create(model=model, messages=[{{"role": "user", "content": "¡Hola!"}}])\n'
-               f'print(reply.choices[0].message.content)\n')
-    return f"{t('state_' + jobs.job_state(job), lang)}: {job['command']}", jobs.tail(job.get("log"), 25), snippet
+        return t("no_server", lang), "", ""
+    log = jobs.tail(job.get("log"), 25)
+    if not jobs.job_alive(job):
+        state = jobs.job_state(job)
+        state = "server_stopped" if state in ("finished", "stopped") else state
+        return f"{t('state_' + state, lang)}: {job['command']}", log, ""
+    model = chat.server_model(_server_url(job), run)
+    if model is None:
+        return f"{t('state_starting', lang)}: {job['command']}", log, ""
+    return (f"{t('state_running', lang)} ({_server_url(job)}/v1 · {model}): {job['command']}", log,
+            client_snippet(job["port"], model))
 
 
 def chat_send(run_a, run_b, system, temperature, max_tokens, prompt, hist_a, hist_b):
@@ -343,8 +401,13 @@ def chat_send(run_a, run_b, system, temperature, max_tokens, prompt, hist_a, his
         hist.append({"role": "assistant", "content": ""})
         try:
             server = _serve_job(run)
-            if server:
-                stream = chat.stream_server(f"http://127.0.0.1:{server.get('port', 8000)}", Path(run).name, msgs, temperature, max_tokens)
+            if server:  # the run served from the Serve tab: the answer comes from that server
+                model = chat.server_model(_server_url(server), run)
+                if model is None:
+                    raise LlmkitError(f"the server for {run} ({_server_url(server)}) is still starting: wait until "
+                                      "the Serve tab says it is running, or stop it to chat in this process")
+                extra = {"repeat_penalty": 1.0} if server.get("engine") == "llama.cpp" else None  # its default 1.1 is no greedy
+                stream = chat.stream_server(_server_url(server), model, msgs, temperature, max_tokens, extra=extra)
             else:
                 stream = chat.stream_local(run, msgs, temperature, max_tokens)
             for text in stream:
@@ -407,17 +470,21 @@ def build(ws: jobs.Workspace, lang: str = "es") -> gr.Blocks:
                 from llmkit.evaluation.suite import GROUPS
 
                 eval_runs = L.add(gr.CheckboxGroup(jobs.model_runs(ws), label=L("eval_runs"), elem_id="ui-eval-runs"), "eval_runs")
-                with gr.Row():
-                    tasks = L.add(gr.Dropdown(sorted(GROUPS), value="es_llm" if "es_llm" in GROUPS else None, label=L("tasks")), "tasks")
-                    limit = L.add(gr.Number(20, label=L("limit"), minimum=0), "limit")
-                    engine = L.add(gr.Dropdown(["auto", "vllm", "transformers"], value="auto", label=L("engine")), "engine")
+                with gr.Row():  # a group, or task names typed comma-separated (as --tasks takes them)
+                    tasks = L.add(gr.Dropdown(sorted(GROUPS), value="es_llm" if "es_llm" in GROUPS else None, label=L("tasks"),
+                                              allow_custom_value=True, elem_id="ui-tasks"), "tasks")
+                    limit = L.add(gr.Number(20, label=L("limit"), minimum=0, elem_id="ui-limit"), "limit")
+                    engine = L.add(gr.Dropdown(["auto", "vllm", "transformers"], value="auto", label=L("engine"),
+                                               elem_id="ui-eval-engine"), "engine")
                 eval_btn = L.add(gr.Button(L("evaluate"), variant="primary", elem_id="ui-eval-start"), "evaluate", "value")
                 eval_msg = L.add(gr.Textbox("", label=L("message"), interactive=False, elem_id="ui-eval-message"), "message")
+                eval_state = L.add(gr.Textbox("", label=L("eval_state"), interactive=False, elem_id="ui-eval-state"), "eval_state")
                 eval_log = L.add(gr.Textbox("", label=L("log"), lines=8, max_lines=8, interactive=False, elem_id="ui-eval-log"), "log")
                 results = L.add(gr.CheckboxGroup(jobs.eval_results(ws), label=L("results"), elem_id="ui-results"), "results")
                 compare_btn = L.add(gr.Button(L("compare"), elem_id="ui-compare"), "compare", "value")
                 compare_md = gr.Markdown("", elem_id="ui-compare-table")
                 compare_png = L.add(gr.Image(label=L("compare_chart"), type="filepath", elem_id="ui-compare-chart"), "compare_chart")
+                eval_shown = gr.State(None)  # the finished evaluation whose results the page has shown
             with L.add(gr.Tab(L("tab_chat"), id="chat", elem_id="tab-chat"), "tab_chat"):
                 model_choices = jobs.model_runs(ws)
                 with gr.Row():
@@ -438,13 +505,14 @@ def build(ws: jobs.Workspace, lang: str = "es") -> gr.Blocks:
                 with gr.Row():
                     serve_run = L.add(gr.Dropdown(model_choices, label=L("serve_run"), elem_id="ui-serve-run"), "serve_run")
                     port = L.add(gr.Number(8000, label=L("port"), precision=0, elem_id="ui-port"), "port")
-                    serve_engine = L.add(gr.Dropdown(["auto", "vllm", "transformers"], value="auto", label=L("engine")), "engine")
+                    serve_engine = L.add(gr.Dropdown(list(SERVE_ENGINES), value="auto", label=L("engine"), elem_id="ui-serve-engine"),
+                                         "engine")
                 with gr.Row():
                     serve_btn = L.add(gr.Button(L("serve_start"), variant="primary", elem_id="ui-serve-start"), "serve_start", "value")
                     unserve_btn = L.add(gr.Button(L("serve_stop"), variant="stop", elem_id="ui-serve-stop"), "serve_stop", "value")
                 serve_msg = L.add(gr.Textbox("", label=L("message"), interactive=False, elem_id="ui-serve-message"), "message")
                 serve_state = L.add(gr.Textbox("", label=L("serve_state"), interactive=False, elem_id="ui-serve-state"), "serve_state")
-                serve_log = L.add(gr.Textbox("", label=L("log"), lines=8, max_lines=8, interactive=False), "log")
+                serve_log = L.add(gr.Textbox("", label=L("log"), lines=8, max_lines=8, interactive=False, elem_id="ui-serve-log"), "log")
                 snippet = L.add(gr.Code("", language="python", label=L("snippet"), elem_id="ui-snippet"), "snippet")
         timer = gr.Timer(REFRESH_S)
 
@@ -476,7 +544,8 @@ def build(ws: jobs.Workspace, lang: str = "es") -> gr.Blocks:
         run_pick.change(lambda r: run_details(ws, r), [run_pick], [pictures, samples])
 
         eval_btn.click(lambda c, tk, lm, e, lg: eval_start(ws, c, tk, lm, e, lg), [eval_runs, tasks, limit, engine, lang_radio], [eval_msg])
-        timer.tick(lambda lg: eval_status(ws, lg), [lang_radio], [eval_msg, eval_log], show_progress="hidden")
+        timer.tick(lambda lg, sh: eval_tick(ws, lg, sh), [lang_radio, eval_shown],
+                   [eval_state, eval_log, results, compare_md, compare_png, eval_shown], show_progress="hidden")
         compare_btn.click(lambda c: eval_compare(ws, c), [results], [compare_md, compare_png])
 
         send.click(chat_send, [run_a, run_b, system, temperature, max_tokens, prompt, chat_a, chat_b], [chat_a, chat_b, prompt])

@@ -72,14 +72,41 @@ def stream_local(path: str, messages: list[dict[str, str]], temperature: float, 
         yield ""
 
 
+def server_model(url: str, run: str, timeout: float = 1.0) -> str | None:
+    """The model name to ask the server at URL for, once it answers (None before): the one its
+    /v1/models lists (vLLM: a LoRA run's adapter, not its base; llama.cpp: the run), or, for
+    `transformers serve`, whose list holds only the hub cache, the path it was started on (a LoRA
+    run: its merged copy, which `llmkit serve` made before starting it)."""
+    import requests
+
+    try:
+        r = requests.get(url.rstrip("/") + "/v1/models", timeout=timeout)
+        if r.status_code != 200:
+            return None
+        served = r.json().get("data") or []
+        if not served and requests.get(url.rstrip("/") + "/health", timeout=timeout).status_code != 200:
+            return None  # transformers serve: ready when /health says so
+    except (requests.RequestException, ValueError, AttributeError):
+        return None
+    if served:
+        from llmkit.serving import choose_chat_model
+
+        return choose_chat_model(served, None, url)[0]
+    from llmkit.modeling import is_adapter_dir, merged_copy
+
+    return merged_copy(run) if is_adapter_dir(run) else run
+
+
 def stream_server(url: str, model: str, messages: list[dict[str, str]], temperature: float, max_tokens: int,
-                  api_key: str | None = None) -> Iterator[str]:
+                  api_key: str | None = None, extra: dict[str, Any] | None = None) -> Iterator[str]:
+    """The answer so far from an OpenAI-compatible server (``extra``: sampling fields of that
+    server, e.g. llama.cpp's repeat_penalty)."""
     from openai import OpenAI
 
-    client = OpenAI(base_url=url.rstrip("/") + "/v1", api_key=api_key or "none")
+    client = OpenAI(base_url=url.rstrip("/") + "/v1", api_key=api_key or "none", max_retries=0)
     text = ""
     for chunk in client.chat.completions.create(model=model, messages=messages, temperature=float(temperature),
-                                                max_tokens=int(max_tokens), stream=True):
+                                                max_tokens=int(max_tokens), stream=True, extra_body=extra or None):
         if chunk.choices and chunk.choices[0].delta.content:
             text += chunk.choices[0].delta.content
             yield text

@@ -5,6 +5,7 @@ llmkit command (which saves a checkpoint and exits 143) while this process waits
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -20,7 +21,9 @@ def main(job_path: str) -> int:
 
     f = Path(job_path)
     job = read_job(f) or {}
-    write_job(f, {**job, "armed": True})  # from here on a stop reaches the command and the status is recorded
+    # from here on a stop reaches the command and the status is recorded; the pid too, in case this
+    # write lands after the page's (this process leads its group: its pid is the one the page started)
+    write_job(f, {**job, "armed": True, "pid": os.getpid()})
     rc = 0
     for argv in job.get("commands", []):
         print(f"$ llmkit {subprocess.list2cmdline(argv)}", flush=True)

@@ -71,6 +71,8 @@ LABELS: dict[str, tuple[str, str]] = {
     "results": ("Resultados a comparar", "Results to compare"),
     "compare": ("Comparar (--compare)", "Compare (--compare)"),
     "compare_chart": ("Gráfico de la comparación", "Comparison chart"),
+    "eval_state": ("Estado de la evaluación", "Evaluation state"),
+    "no_eval": ("Ninguna evaluación iniciada desde esta página.", "No evaluation started from this page."),
     # chat
     "run_a": ("Ejecución A", "Run A"),
     "run_b": ("Ejecución B (opcional, misma pregunta)", "Run B (optional, same prompt)"),
@@ -89,6 +91,10 @@ LABELS: dict[str, tuple[str, str]] = {
     "serve_stop": ("Detener el servidor", "Stop the server"),
     "snippet": ("Cliente openai para este servidor", "openai client for this server"),
     "serve_state": ("Estado del servidor", "Server state"),
+    "no_server": ("Ningún servidor iniciado para esta ejecución.", "No server started for this run."),
+    "state_starting": ("arrancando (todavía no responde)", "starting (not answering yet)"),
+    "state_server_stopped": ("detenido", "stopped"),
+    "stopping_server": ("Señal SIGTERM enviada: el servidor se detiene.", "SIGTERM sent: the server stops."),
 }
 
 

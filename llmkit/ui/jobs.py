@@ -300,7 +300,9 @@ def write_job(f: Path, data: dict[str, Any]) -> None:
 
 
 def job_alive(job: dict[str, Any] | None) -> bool:
-    """Whether the job's process group still runs (the pid of its llmkit.ui.child)."""
+    """Whether the job's process group still runs (the pid of its llmkit.ui.child); first reaps
+    the page's own children that have ended, so that none lingers as a zombie in its group."""
+    reap()
     return bool(job) and job.get("rc") is None and runs.pid_alive(job.get("pid"))
 
 
@@ -310,16 +312,17 @@ def running_job(output_dir: Path, name: str | None = None) -> dict[str, Any] | N
 
 
 def start(ws: Workspace, commands: list[list[str]], output_dir: Path, name: str | None = None,
-          kind: str = "train") -> dict[str, Any]:
+          kind: str = "train", extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Start `llmkit <argv>` (several: one after the other, stopping at the first failure) as a
-    child in its own process group, in the project directory; returns its job record."""
+    child in its own process group, in the project directory; returns its job record (with
+    ``extra``'s keys, written before the child starts: a later write could race the child's)."""
     f = job_file(output_dir, name)
     if job_alive(read_job(f)):
         raise LlmkitError(f"{read_job(f).get('command')} is still running; stop it first")
     log = f.with_suffix(".log")
     job = {"kind": kind, "commands": commands, "command": " && ".join("llmkit " + shlex.join(c) for c in commands),
            "output_dir": str(output_dir), "log": str(log), "started_at": runs.now(), "started": time.time(),
-           "pid": None, "rc": None}
+           "pid": None, "rc": None, **(extra or {})}
     write_job(f, job)
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")
@@ -586,6 +589,17 @@ def eval_commands(ws: Workspace, chosen: list[str] | None, tasks: str, limit: An
             argv += ["--limit", str(int(limit)) if float(limit) >= 1 else str(limit)]
         commands.append(argv)
     return commands
+
+
+def eval_outputs(chosen: list[str]) -> list[Path]:
+    """Where `llmkit eval RUN` writes each run's results (its default output_dir), each checked
+    as the command checks it: an earlier evaluation there is refused with the command's message."""
+    from llmkit.evaluation.runner import default_output_dir
+
+    outs = [default_output_dir(str(run)) for run in chosen]
+    for out in outs:
+        runs.check_output_dir(out, overwrite=False)
+    return outs
 
 
 CHAIN_STAGE_LINE = re.compile(r"^===== llmkit run: (\S+) ", re.M)
