@@ -87,7 +87,8 @@ def _fmt_plain(v: Any) -> str:
 
 NOISE_NOTE = ("Noise: a share in brackets is its 95 % Wilson interval on the n held-out items it was measured on; "
               "\"paired\" counts the items training fixed and broke (same items before and after) with McNemar's "
-              "exact p: a gain is beyond noise when p < 0.05.")
+              "exact p, or for a score the prompts scored higher and lower with the sign test's p: a gain is beyond "
+              "noise when p < 0.05.")
 
 
 def _with_noise(v: Any, row: dict[str, Any]) -> str:
@@ -104,13 +105,13 @@ def _with_noise(v: Any, row: dict[str, Any]) -> str:
 def _change(row: dict[str, Any]) -> str:
     before = f"{_with_noise(row['before'], row)} → " if row.get("before") is not None else ""
     text = f"{row['label']} {before}{_with_noise(row['after'], row)}"
-    if row.get("n") and _is_share(row.get("metric")):
-        text += f" (n = {row['n']}"
-        if row.get("paired"):
-            pr = row["paired"]
-            text += f"; paired: {pr['fixed']} fixed, {pr['broken']} broken, McNemar p = {pr['p']:.2g}"
-        text += ")"
-    return text
+    notes = [f"n = {row['n']}"] if row.get("n") and (_is_share(row.get("metric")) or row.get("paired")) else []
+    pr = row.get("paired")
+    if pr and "fixed" in pr:
+        notes.append(f"paired: {pr['fixed']} fixed, {pr['broken']} broken, McNemar p = {pr['p']:.2g}")
+    elif pr:
+        notes.append(f"paired: {pr['higher']} higher, {pr['lower']} lower, sign test p = {pr['p']:.2g}")
+    return text + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def _samples(run: Path) -> list[dict[str, str]]:

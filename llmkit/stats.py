@@ -4,7 +4,9 @@ Every share a stage reports (exact answers, pairwise accuracy, answer accuracy) 
 n held-out items, so it has a binomial noise: ``wilson`` gives its 95 % Wilson score interval.
 When a stage measures the same items before and after training, the honest test of its gain is
 paired: ``paired`` counts the items training fixed and the ones it broke, and gives McNemar's
-exact two-sided p-value (a binomial test of fixed against fixed + broken at 1/2).  The stages
+exact two-sided p-value (a binomial test of fixed against fixed + broken at 1/2); for a score
+(PPO's reward-model reward), ``paired_scores`` counts the prompts scored higher and lower and
+gives the sign test's p-value, the same binomial test.  The stages
 record both in their metrics; the summary rows and the report card show them next to the number.
 """
 
@@ -40,3 +42,13 @@ def paired(before: Iterable[bool], after: Iterable[bool]) -> dict[str, float | i
     fixed = sum(x and not y for x, y in zip(a, b))
     broken = sum(y and not x for x, y in zip(a, b))
     return {"paired_fixed": fixed, "paired_broken": broken, "paired_p": round(mcnemar_exact(fixed, broken), 4)}
+
+
+def paired_scores(before: Iterable[float], after: Iterable[float]) -> dict[str, float | int]:
+    """Prompts scored higher after training than before, lower, and the sign test's p (ties left out)."""
+    b, a = [float(x) for x in before], [float(x) for x in after]
+    if len(b) != len(a):
+        raise ValueError(f"paired_scores: {len(b)} scores before, {len(a)} after")
+    higher = sum(y > x for x, y in zip(b, a))
+    lower = sum(y < x for x, y in zip(b, a))
+    return {"paired_higher": higher, "paired_lower": lower, "paired_p": round(mcnemar_exact(higher, lower), 4)}

@@ -252,6 +252,9 @@ def test_toy_task_reward_rises_with_bounded_kl(tmp_path, peaked_policy, prompts,
     assert last > first + 0.25, reward
     assert max(kl) < (1 - first) / TOY_KL_COEF, kl
     assert m["eval_reward"] > m["eval_reward_before"] + 0.2
+    # the same held-out prompts before and after, one by one: a gain this size is beyond noise
+    assert m["paired_higher"] + m["paired_lower"] <= m["eval_prompts"] and m["paired_higher"] > m["paired_lower"]
+    assert m["paired_p"] < 0.05
     assert m["final_kl"] == pytest.approx(kl[-1])
     for f in ("model.safetensors", "config.json", "tokenizer.json", "value_model/model.safetensors", "value_model/config.json",
               "metrics.jsonl", "loss.png", "samples.jsonl", "config.yaml", "manifest.json"):

@@ -51,3 +51,23 @@ def test_summary_rows_and_the_report_show_the_noise():
     assert "paired: 14 fixed, 7 broken, McNemar p = 0.19" in text
     # a stage without COUNT (pretrain) gets no interval
     assert "[" not in _change(summary("pretrain", {"eval_ppl_before": 2071.0, "eval_ppl": 3.14})[0])
+
+
+def test_paired_scores_is_a_sign_test_without_ties():
+    before = [0.1, 0.5, 0.5, 0.9, 0.2, 0.3, 0.0]
+    after = [0.4, 0.5, 0.7, 0.1, 0.6, 0.8, 0.9]  # 5 higher, 1 lower, 1 tie
+    got = stats.paired_scores(before, after)
+    assert (got["paired_higher"], got["paired_lower"]) == (5, 1)
+    assert got["paired_p"] == pytest.approx(scipy_stats.binomtest(5, 6, 0.5).pvalue, abs=1e-4)
+
+
+def test_a_score_row_shows_its_sign_test():
+    from llmkit.report import _change
+    from llmkit.stages import summary
+
+    metrics = {"eval_reward_before": 0.19, "eval_reward": 1.01, "eval_prompts": 64, "final_kl": 14.2,
+               **stats.paired_scores([0.0] * 64, [1.0] * 50 + [-1.0] * 14)}
+    row = summary("ppo", metrics)[0]
+    assert row["paired"] == {"higher": 50, "lower": 14, "p": metrics["paired_p"]}
+    assert _change(row).endswith(f"(n = 64; paired: 50 higher, 14 lower, sign test p = {metrics['paired_p']:.2g})")
+    assert "[" not in _change(row)  # a score has no binomial interval

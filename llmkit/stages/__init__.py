@@ -46,7 +46,8 @@ def manifest_summary(manifest: dict[str, Any] | None, stage: str | None = None) 
 def summary(stage: str, metrics: dict[str, Any]) -> list[dict[str, Any]]:
     """The stage's SUMMARY filled in from a run's metrics: ``[{"label", "before", "after"}]``
     for every pair whose "after" value the run has, plus ``n`` (held-out items, when the stage
-    declares COUNT) and ``paired`` ({"fixed", "broken", "p"}, on the stage's PAIRED row)."""
+    declares COUNT) and ``paired`` ({"fixed", "broken", "p"}, or {"higher", "lower", "p"} for a
+    score, on the stage's PAIRED row)."""
     if stage not in STAGES:
         return []
     module = stage_module(stage)
@@ -58,7 +59,8 @@ def summary(stage: str, metrics: dict[str, Any]) -> list[dict[str, Any]]:
             if isinstance(n, int) and n > 0:
                 row["n"] = n
             if after == getattr(module, "PAIRED", None) and "paired_p" in metrics:
-                row["paired"] = {"fixed": metrics["paired_fixed"], "broken": metrics["paired_broken"], "p": metrics["paired_p"]}
+                kind = ("fixed", "broken") if "paired_fixed" in metrics else ("higher", "lower")  # shares / scores
+                row["paired"] = {k: metrics[f"paired_{k}"] for k in kind} | {"p": metrics["paired_p"]}
             rows.append(row)
     return rows
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from trl import ModelConfig
 
-from llmkit import data, lineage, modeling, runs
+from llmkit import data, lineage, modeling, runs, stats
 from llmkit.config import LlmkitError, StageConfig
 from llmkit.stages import checks, common, devices, disk, ppo_trainer
 from llmkit.stages.args import DataArgs, tokenizer_path
@@ -35,6 +35,8 @@ from llmkit.stages.ppo_trainer import PPOConfig, PPOTrainer, load_models
 STAGE = "ppo"
 # the stage's key numbers, (label, metric before training, metric after): manifest "summary", `llmkit run`, reports
 SUMMARY = (("eval reward", "eval_reward_before", "eval_reward"), ("KL to the initial policy (nats)", None, "final_kl"))
+COUNT = "eval_prompts"  # how many held-out prompts the eval reward is the mean of
+PAIRED = "eval_reward"  # the row whose prompts are also compared one by one before/after (sign test)
 
 
 @dataclass
@@ -217,6 +219,8 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     if held:
         metrics["eval_reward_before"] = trainer.state["eval_reward_before"]
         metrics["eval_reward"], samples_after = trainer.held_out_reward("llmkit ppo: held-out reward (after)")
+        if len(trainer.state.get("eval_scores_before") or []) == len(trainer.last_scores):  # the same prompts, one by one
+            metrics.update(stats.paired_scores(trainer.state["eval_scores_before"], trainer.last_scores))
     if last:
         metrics["final_kl"] = last["objective/kl"]
         metrics["final_reward"] = last["reward/mean"]

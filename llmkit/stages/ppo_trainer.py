@@ -259,6 +259,7 @@ class PPOTrainer:
         start = self.load_checkpoint(Path(resume)) if resume else 0
         if self.held and "eval_reward_before" not in self.state:
             self.state["eval_reward_before"], self.samples_before = self.held_out_reward("llmkit ppo: held-out reward (before)")
+            self.state["eval_scores_before"] = self.last_scores
         if self.acc.is_main_process:
             before = f", eval reward before {self.state['eval_reward_before']:.4f}" if self.held else ""
             print(f"llmkit ppo: {steps} steps x {self.global_batch} prompts ({self.world} process{'es' if self.world > 1 else ''}), "
@@ -476,17 +477,21 @@ class PPOTrainer:
         """Mean score of greedy completions over all processes' held-out prompts (and samples)."""
         from llmkit import progress
 
-        total, count, samples = 0.0, 0, []
+        total, count, samples, every = 0.0, 0, [], []
         chunk = self.p.local_rollout_forward_batch_size
         for s in progress.track(range(0, len(rows), chunk), desc, total=len(range(0, len(rows), chunk)), unit="batch"):
             r, ids = rows[s:s + chunk], prompt_ids[s:s + chunk]
             q, qm, resp, rmask, has_stop = self.generate(ids, greedy=True)
             scores, _ = self.score(r, q, qm, resp, rmask, has_stop)
             total, count = total + scores.sum().item(), count + len(r)
+            every += scores.tolist()
             for row, x, mk, sc in list(zip(r, resp, rmask, scores))[: max(0, n_samples - len(samples))]:
                 text = self.tok.decode(x[mk.bool()], skip_special_tokens=True)
                 samples.append({"prompt": row["prompt"], "completion": text, "reward": sc.item()})
         total, count = self.mean_across([total, count], "sum")
+        from accelerate.utils import gather_object
+
+        self.last_scores = gather_object(every) if self.world > 1 else every  # every held-out prompt's score, in order
         return (total / count if count else float("nan")), samples
 
     # -- checkpoints (complete when trainer_state.json, written last, is there: checkpoints.checkpoint_complete)
@@ -535,7 +540,7 @@ class PPOTrainer:
             torch.set_rng_state(rng["torch"])
             if "cuda" in rng and torch.cuda.is_available():
                 torch.cuda.set_rng_state(rng["cuda"])
-        self.state = {k: state[k] for k in ("eval_reward_before",) if k in state}
+        self.state = {k: state[k] for k in ("eval_reward_before", "eval_scores_before") if k in state}
         self.acc.wait_for_everyone()
         return int(state["global_step"])
 
