@@ -103,14 +103,16 @@ def _with_noise(v: Any, row: dict[str, Any]) -> str:
 
 
 def _change(row: dict[str, Any]) -> str:
+    from llmkit.stats import p_text
+
     before = f"{_with_noise(row['before'], row)} → " if row.get("before") is not None else ""
     text = f"{row['label']} {before}{_with_noise(row['after'], row)}"
     notes = [f"n = {row['n']}"] if row.get("n") and (_is_share(row.get("metric")) or row.get("paired")) else []
     pr = row.get("paired")
     if pr and "fixed" in pr:
-        notes.append(f"paired: {pr['fixed']} fixed, {pr['broken']} broken, McNemar p = {pr['p']:.2g}")
+        notes.append(f"paired: {pr['fixed']} fixed, {pr['broken']} broken, McNemar p {p_text(pr['p'])}")
     elif pr:
-        notes.append(f"paired: {pr['higher']} higher, {pr['lower']} lower, sign test p = {pr['p']:.2g}")
+        notes.append(f"paired: {pr['higher']} higher, {pr['lower']} lower, sign test p {p_text(pr['p'])}")
     return text + (f" ({'; '.join(notes)})" if notes else "")
 
 

@@ -41,7 +41,7 @@ def paired(before: Iterable[bool], after: Iterable[bool]) -> dict[str, float | i
         raise ValueError(f"paired: {len(b)} items before, {len(a)} after")
     fixed = sum(x and not y for x, y in zip(a, b))
     broken = sum(y and not x for x, y in zip(a, b))
-    return {"paired_fixed": fixed, "paired_broken": broken, "paired_p": round(mcnemar_exact(fixed, broken), 4)}
+    return {"paired_fixed": fixed, "paired_broken": broken, "paired_p": mcnemar_exact(fixed, broken)}
 
 
 def paired_scores(before: Iterable[float], after: Iterable[float]) -> dict[str, float | int]:
@@ -51,4 +51,9 @@ def paired_scores(before: Iterable[float], after: Iterable[float]) -> dict[str, 
         raise ValueError(f"paired_scores: {len(b)} scores before, {len(a)} after")
     higher = sum(y > x for x, y in zip(b, a))
     lower = sum(y < x for x, y in zip(b, a))
-    return {"paired_higher": higher, "paired_lower": lower, "paired_p": round(mcnemar_exact(higher, lower), 4)}
+    return {"paired_higher": higher, "paired_lower": lower, "paired_p": mcnemar_exact(higher, lower)}
+
+
+def p_text(p: float) -> str:
+    """A p-value as people write it: two significant digits, or "< 0.0001"."""
+    return "< 0.0001" if p < 1e-4 else f"= {p:.2g}"

@@ -69,5 +69,11 @@ def test_a_score_row_shows_its_sign_test():
                **stats.paired_scores([0.0] * 64, [1.0] * 50 + [-1.0] * 14)}
     row = summary("ppo", metrics)[0]
     assert row["paired"] == {"higher": 50, "lower": 14, "p": metrics["paired_p"]}
-    assert _change(row).endswith(f"(n = 64; paired: 50 higher, 14 lower, sign test p = {metrics['paired_p']:.2g})")
+    assert metrics["paired_p"] < 1e-4
+    assert _change(row).endswith("(n = 64; paired: 50 higher, 14 lower, sign test p < 0.0001)")
     assert "[" not in _change(row)  # a score has no binomial interval
+
+
+def test_tiny_p_values_are_written_as_a_bound():
+    assert stats.p_text(0.0) == "< 0.0001" and stats.p_text(3e-6) == "< 0.0001"
+    assert stats.p_text(0.0002) == "= 0.0002" and stats.p_text(0.19) == "= 0.19"
