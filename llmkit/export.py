@@ -308,21 +308,6 @@ def _size_of(path: Path) -> int:
     return sum(f.stat().st_size for f in path.glob("*.safetensors")) or sum(f.stat().st_size for f in path.glob("*.bin"))
 
 
-def _params(model_dir: Path) -> int:
-    """Parameter count from the safetensors headers (no weights loaded)."""
-    import math
-    import struct
-
-    n = 0
-    for f in model_dir.glob("*.safetensors"):
-        with open(f, "rb") as fh:
-            header = json.loads(fh.read(struct.unpack("<Q", fh.read(8))[0]))
-        for k, v in header.items():
-            if k != "__metadata__":
-                n += int(math.prod(v["shape"]))
-    return n
-
-
 def check_disk(out: Path, need: int) -> None:
     parent = next(p for p in [out, *out.parents] if p.exists())
     free = shutil.disk_usage(parent).free
@@ -429,7 +414,9 @@ def export(a: ExportArgs) -> Path:
         raise LlmkitError(f"{a.run}: its chat template is not a plain per-role wrapper ({exc} renders otherwise); "
                           "llmkit cannot write the Modelfile TEMPLATE for it") from None
     wrap.stops = stop_strings(tok, wrap)
-    params = _params(base_dir) or _size_of(base_dir) // 2
+    from llmkit.modeling import count_parameters
+
+    params = count_parameters(base_dir) or _size_of(base_dir) // 2
     need = int(params * (4 + sum(BITS[q] / 8 for q in a.quant if q != "f32")) * 1.05) + (params * 4 if lora else 0)
     check_disk(out, need)
     check_architecture(arch)
@@ -471,9 +458,9 @@ def export_merged(a: ExportArgs, out: Path, lora: bool) -> Path:
 
     if not lora:
         raise LlmkitError(f"{a.run} is already a full model (no adapter_config.json): nothing to merge; copy or push it as it is")
-    from llmkit.modeling import adapter_base
+    from llmkit.modeling import adapter_base, count_parameters
 
-    params = _params(local_model_dir(adapter_base(a.run)))
+    params = count_parameters(local_model_dir(adapter_base(a.run)))
     check_disk(out, int(params * (4 if a.dtype == "float32" else 2) * 1.05))
     result = merge_adapter_run(a.run, str(out), dtype=a.dtype, overwrite=a.overwrite)
     _write_card(a.run, result, usage=None, gguf=False)

@@ -77,6 +77,20 @@ def load_tokenizer(path: str, what: str = "tokenizer", trust_remote_code: bool =
     return tok
 
 
+def count_parameters(model_dir: str | Path) -> int:
+    """Parameters of a local model directory, summed from its safetensors headers (no weights are
+    read); 0 for a hub id or a directory without safetensors files."""
+    import math
+    import struct
+
+    n = 0
+    for f in sorted(Path(model_dir).glob("*.safetensors")) if Path(model_dir).is_dir() else []:
+        with open(f, "rb") as fh:
+            header = json.loads(fh.read(struct.unpack("<Q", fh.read(8))[0]))
+        n += sum(int(math.prod(v["shape"])) for k, v in header.items() if k != "__metadata__")
+    return n
+
+
 def is_adapter_dir(path: str) -> bool:
     return (Path(path) / "adapter_config.json").is_file()
 

@@ -14,7 +14,8 @@ import pytest
 from conftest import REPO, TINY_MODEL, llmkit
 
 from llmkit.evaluation import runner
-from llmkit.evaluation.runner import EvalArgs, auto_engine, count_examples, count_parameters, default_batch_size
+from llmkit.evaluation.runner import EvalArgs, auto_engine, count_examples, default_batch_size
+from llmkit.modeling import count_parameters
 
 FIXTURES = REPO / "tests" / "fixtures" / "eval"
 
@@ -71,8 +72,8 @@ def test_count_parameters_reads_the_safetensors_headers(tmp_path):
         model = AutoModelForCausalLM.from_config(LlamaConfig(**{**TINY_MODEL, "vocab_size": 300, "tie_word_embeddings": tied}))
         model.save_pretrained(tmp_path / str(tied))
         assert count_parameters(str(tmp_path / str(tied))) == model.num_parameters(), tied
-    assert count_parameters("Qwen/Qwen2.5-0.5B") is None  # a hub id: nothing local to read
-    assert count_parameters(str(tmp_path)) is None  # no safetensors file
+    assert count_parameters("Qwen/Qwen2.5-0.5B") == 0  # a hub id: nothing local to read
+    assert count_parameters(str(tmp_path)) == 0  # no safetensors file
 
 
 def test_count_examples_follows_limit_as_lm_eval_does():

@@ -134,23 +134,6 @@ def _head_dim(model: str) -> int | None:
     return None
 
 
-def count_parameters(model: str) -> int | None:
-    """Parameters of a local model directory, summed from its safetensors headers (no weights are
-    read); None for a hub id or a directory without safetensors files."""
-    total = 0
-    files = sorted(Path(model).glob("*.safetensors")) if Path(model).is_dir() else []
-    for f in files:
-        with open(f, "rb") as fh:
-            header = json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
-        for name, t in header.items():
-            if name != "__metadata__":
-                n = 1
-                for d in t["shape"]:
-                    n *= d
-                total += n
-    return total or None
-
-
 # ----------------------------------------------------------------------------- engine choice + batch size
 # The numbers behind --engine auto and the default batch sizes come from `bench/run.py --only eval`
 # (BENCHMARKS.md, "Evaluation": 300 generated examples per task, random 1.4M and 27M-parameter
@@ -208,6 +191,7 @@ class EngineChoice:
 def choose_engine(args: EvalArgs, target: Target | None, mix: tuple[int, int] = (0, 0)) -> EngineChoice:
     """The engine to score with and why (MIX: generation examples, all examples); refuses an
     engine that cannot run here."""
+    from llmkit.modeling import count_parameters
     from llmkit.serving import has_cuda, vllm_available
 
     engine = args.engine
@@ -219,7 +203,7 @@ def choose_engine(args: EvalArgs, target: Target | None, mix: tuple[int, int] = 
         return EngineChoice("server", f"--base_url {args.base_url}", engine == "auto")
     head, cuda = _head_dim(target.model), has_cuda()
     if engine == "auto":
-        name, reason = auto_engine(cuda, vllm_available(), head, count_parameters(target.model), *mix)
+        name, reason = auto_engine(cuda, vllm_available(), head, count_parameters(target.model) or None, *mix)
         return EngineChoice(name, reason, True)
     if engine in ("vllm", "server"):
         if not vllm_available():
@@ -530,6 +514,8 @@ def _score_and_write(args: EvalArgs, out: Path, scoring: Scoring) -> Path:
         torch_random_seed=args.seed, fewshot_random_seed=args.seed)
     wall = time.time() - t0
     timing.update(harness_s=round(wall - timing["startup_s"], 2), harness_cpu_s=round(time.process_time() - cpu0, 2))
+    for row in timing["requests"].values():  # summed unrounded, written to the millisecond
+        row.update(s=round(row["s"], 3), cpu_s=round(row["cpu_s"], 3))
     if res is None:  # non-zero rank under a distributed launcher
         return out
     results = _results(args, scoring, res, batch, wall, timing)
@@ -587,8 +573,8 @@ def _time_requests(lm: Any) -> dict[str, dict[str, float]]:
             finally:
                 row = spent.setdefault(name, {"requests": 0, "s": 0.0, "cpu_s": 0.0})
                 row["requests"] += len(requests)
-                row["s"] = round(row["s"] + time.perf_counter() - t, 3)
-                row["cpu_s"] = round(row["cpu_s"] + time.process_time() - c, 3)
+                row["s"] += time.perf_counter() - t
+                row["cpu_s"] += time.process_time() - c
         return run
 
     for name in ("loglikelihood", "loglikelihood_rolling", "generate_until"):

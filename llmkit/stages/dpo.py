@@ -102,10 +102,11 @@ def preference_metrics(policy, tokenizer, rows: list[dict], beta: float, ref=Non
             rc, rr = completion_logps(ref_model, tokenizer, p, c, bar=bar), completion_logps(ref_model, tokenizer, p, r, bar=bar)
     margins = [beta * ((a - b) - (d - e)) for a, b, d, e in zip(pc, rc, pr, rr)]
     n = len(rows)
+    won = [x > y for x, y in zip(pc, pr)]
     if wins is not None:
-        wins.extend(x > y for x, y in zip(pc, pr))
+        wins.extend(won)
     return {
-        "preference_accuracy": sum(x > y for x, y in zip(pc, pr)) / n,
+        "preference_accuracy": sum(won) / n,
         "implicit_reward_accuracy": sum(m > 0 for m in margins) / n,
         "implicit_reward_margin": sum(margins) / n,
     }

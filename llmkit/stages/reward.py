@@ -80,9 +80,10 @@ def pairwise(model, tokenizer, rows: list[dict], desc: str | None = None, wins: 
     with progress.bar(2 * len(rows), desc, unit="seq") as bar:
         sc, sr = score(model, tokenizer, list(chosen), bar=bar), score(model, tokenizer, list(rejected), bar=bar)
     diffs = [c - r for c, r in zip(sc, sr)]
+    won = [d > 0 for d in diffs]
     if wins is not None:
-        wins.extend(d > 0 for d in diffs)
-    return {"pairwise_accuracy": sum(d > 0 for d in diffs) / len(diffs), "margin": sum(diffs) / len(diffs)}
+        wins.extend(won)
+    return {"pairwise_accuracy": sum(won) / len(diffs), "margin": sum(diffs) / len(diffs)}
 
 
 def main(cfg: StageConfig, overwrite: bool = False) -> Path:
