@@ -63,7 +63,15 @@ def find_runs(target: str | Path) -> tuple[Path, list[tuple[str, Path]]]:
     found = [(d.name, d, m) for d in sorted(target.iterdir()) if d.is_dir() and (m := read_manifest(d)) and m.get("stage") != "eval"]
     if not found:
         raise LlmkitError(f"{target} holds no finished run (no */manifest.json)")
-    found.sort(key=lambda x: x[2].get("finished_at", ""))
+    # finished_at has one-second resolution, so a run that finished in the same second as its
+    # input (a tiny tokenizer, then a tiny pretrain) is ordered after it by its manifest's upstream
+    upstream = {d.resolve(): {Path(u).resolve() for u in (m.get("upstream") or {})} for _, d, m in found}
+
+    def depth(d: Path, seen: frozenset = frozenset()) -> int:
+        ups = [u for u in upstream.get(d, ()) if u in upstream and u not in seen]
+        return 1 + max((depth(u, seen | {d}) for u in ups), default=-1)
+
+    found.sort(key=lambda x: (x[2].get("finished_at", ""), depth(x[1].resolve())))
     return target, [(n, d) for n, d, _ in found]
 
 

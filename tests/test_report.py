@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 from conftest import llmkit
@@ -71,6 +72,25 @@ def test_report_of_a_runs_directory_and_regeneration(mini_runs, tmp_path):
     (runs / "report.md").unlink()
     md, page = write_report(runs)
     assert md.is_file() and page.is_file()
+
+
+def test_runs_that_finished_in_the_same_second_follow_their_inputs(mini_runs, tmp_path):
+    """finished_at has one-second resolution: a tiny pretrain can finish in its tokenizer's second."""
+    import shutil
+
+    from llmkit.report import find_runs
+
+    _, runs = mini_runs
+    copy = tmp_path / "runs"
+    shutil.copytree(runs, copy)
+    for stage in ("tok", "pre", "sft"):  # all in one second, their inputs pointing into the copy
+        f = copy / stage / "manifest.json"
+        m = json.loads(f.read_text())
+        m["finished_at"] = "2026-01-01T00:00:00+00:00"
+        m["upstream"] = {str(copy / Path(u).name): "2026-01-01T00:00:00+00:00" for u in m.get("upstream") or {}}
+        f.write_text(json.dumps(m))
+    assert json.loads((copy / "pre" / "manifest.json").read_text())["upstream"], "pretrain names its tokenizer run"
+    assert [n for n, _ in find_runs(copy)[1]] == ["tok", "pre", "sft"]  # not the directory names' order
 
 
 def test_report_of_nothing_is_one_clear_error(tmp_path):
