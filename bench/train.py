@@ -10,9 +10,11 @@ For each task, two sides train the same model on the same data with the same bud
   trl     bench/trl_baselines/<task>.py: the few lines a TRL user writes with TRL's defaults
           (transformers.Trainer + DataCollatorForLanguageModeling for pretraining).
 
-Both sides get the same model directory, data file, max_length (pretrain: block_size = max_length),
-per-device batch, number of optimizer steps, learning rate and LoRA r/alpha/dropout/targets;
-everything else is each side's default (bench/README.md lists where the defaults differ).
+Both sides get the same model directory, training rows (llmkit's held-out rows come from HELDOUT's
+files, so it trains on the whole data file, in its order, as the script does), max_length (pretrain:
+block_size = max_length), per-device batch, number of optimizer steps, learning rate and LoRA
+r/alpha/dropout/targets; everything else is each side's default (bench/README.md lists where the
+defaults differ).
 
   pretrain  full, data/corpus_train.jsonl        sft_full  full, data/sft_train.jsonl
   sft_lora  LoRA, data/sft_train.jsonl            dpo       LoRA, data/preferences_train.jsonl
@@ -53,7 +55,8 @@ measured by the same code:
 
 Levers (--levers): besides llmkit's defaults, each lever that applies to a task adds an llmkit
 row with that lever in the state llmkit does not choose on this machine (padding_free: each
-batch flattened into one row with per-sequence position_ids, `padding_free`; group_by_length:
+batch flattened into one row with per-sequence position_ids, `padding_free`; packed_attention:
+that row's attention per sequence or under one dense block-diagonal mask, `packed_attention`; group_by_length:
 length-grouped batches, `train_sampling_strategy`; packing: bfd packing, `packing`/
 `packing_strategy`; torch_compile). Each row shows its ratio to TRL, its tokens/s over
 llmkit's default row, its padding, and its held-out loss against the default row's (relative
@@ -102,6 +105,13 @@ TASKS = {
     "grpo": ("grpo", "grpo.py", "data/math_easy_train.jsonl", 16, 1e-5, True),
 }
 GRPO = {"num_generations": 8, "max_completion_length": 64}
+# llmkit's held-out rows come from these files, so that its training rows are the whole data file
+# in the file's order, as the TRL script's are: with the same seed both sides then draw the same
+# batches (without it llmkit holds out a split of the file and trains on other batches, whose cost
+# per position differed by up to 12 % from the script's at equal padding)
+HELDOUT = {"pretrain": "data/corpus_heldout.jsonl", "sft_full": "data/sft_heldout.jsonl",
+           "sft_lora": "data/sft_heldout.jsonl", "dpo": "data/preferences_heldout.jsonl",
+           "grpo": "data/math_easy_test.jsonl"}
 
 
 # --------------------------------------------------------------------------- the shared model
@@ -141,7 +151,8 @@ tok.save_pretrained({str(model_dir)!r})
 def llmkit_argv(task: str, model: Path, out: Path, steps: int) -> list[str]:
     stage, _, data, batch, lr, lora = TASKS[task]
     argv = [stage, "--model_name_or_path", str(model), "--datasets", str(REPO / data), "--output_dir", str(out),
-            "--max_steps", str(steps), "--per_device_train_batch_size", str(batch), "--learning_rate", str(lr)]
+            "--max_steps", str(steps), "--per_device_train_batch_size", str(batch), "--learning_rate", str(lr),
+            "--eval_datasets", str(REPO / HELDOUT[task])]
     argv += ["--block_size", str(MAX_LENGTH)] if stage == "pretrain" else []
     argv += ["--max_length", str(MAX_LENGTH)] if stage in ("sft", "dpo") else []
     if stage == "grpo":
@@ -364,8 +375,9 @@ LEVERS = {
     "packing": (("sft_full", "sft_lora"), ["--packing", "true", "--packing_strategy", "bfd", "--eval_packing", "false",
                                            "--train_sampling_strategy", "random"], ["--packing", "false"]),
     "torch_compile": (("sft_full", "sft_lora", "dpo"), ["--torch_compile", "true"], ["--torch_compile", "false"]),
+    "packed_attention": (("sft_full", "sft_lora"), ["--packed_attention", "per_sequence"], ["--packed_attention", "mask"]),
 }
-DEFAULT_LEVERS = "padding_free,group_by_length,packing"
+DEFAULT_LEVERS = "padding_free,packed_attention,group_by_length,packing"
 
 
 def lever_default(lever: str, task: str) -> bool:
@@ -377,6 +389,8 @@ def lever_default(lever: str, task: str) -> bool:
         return d.get("train_sampling_strategy") == batching.GROUP
     if lever in ("packing", "padding_free"):
         return bool(d.get(lever))
+    if lever == "packed_attention":  # on: each sequence's attention on its own (llmkit/varlen.py), the default with SDPA
+        return bool(d.get("padding_free")) and batching.resolve_packed_attention("auto", "sdpa") == "per_sequence"
     return bool(d.get(lever))
 
 

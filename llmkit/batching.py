@@ -70,6 +70,29 @@ def defaults(stage: str, explicit: dict[str, Any]) -> dict[str, Any]:
     return {"train_sampling_strategy": GROUP}
 
 
+PACKED_ATTENTION = ("auto", "per_sequence", "mask")
+
+
+def resolve_packed_attention(choice: str, attn: str | None) -> str:
+    """How a padding-free batch's sequences are kept apart, from the ``packed_attention`` key and
+    the model's attention implementation: "per_sequence" (SDPA on each sequence, llmkit/varlen.py),
+    "kernel_varlen" (FlashAttention reads the boundaries itself) or "mask" (transformers' dense
+    block-diagonal mask: SDPA by request, eager and other implementations)."""
+    attn = (attn or "sdpa").split(" ")[0]
+    if choice not in PACKED_ATTENTION:
+        raise ValueError(f"packed_attention must be one of {', '.join(PACKED_ATTENTION)}, got {choice!r}")
+    if attn.startswith("flash_attention"):
+        return "kernel_varlen"
+    if choice == "mask":
+        return "mask"
+    if attn == "sdpa":
+        return "per_sequence"
+    if choice == "per_sequence":
+        raise ValueError(f"packed_attention: per_sequence runs SDPA on each sequence, but attn_implementation is {attn}: "
+                         "set attn_implementation: sdpa, or packed_attention: auto or mask")
+    return "mask"
+
+
 def describe(targs) -> dict[str, Any]:
     """The batching levers of an SFT or DPO run ({} for other stages), for the layout printed at
     start and kept in the manifest."""
@@ -170,10 +193,12 @@ def prepare(targs) -> None:
         targs.llmkit_padding_free = True
 
 
-def install(trainer, targs, rows_before: int | None = None, stage: str = "") -> dict[str, Any]:
+def install(trainer, targs, rows_before: int | None = None, stage: str = "", packed_attention: str = "auto") -> dict[str, Any]:
     """Put llmkit's batching into a built TRL trainer; returns what it measured (for the run's
     metrics) and prints one line about it.
 
+    padding-free and packed batches: their attention (``packed_attention``, see
+    resolve_packed_attention); with SDPA each sequence's attention runs on its own.
     group_by_length: the train sampler becomes LengthGroupedSampler over the tokenized rows;
     evaluation keeps sequential batches (held-out loss comparable with earlier runs).
     packing: the per-device batch shrinks by the packing ratio (rows after / ``rows_before``)."""
@@ -184,6 +209,8 @@ def install(trainer, targs, rows_before: int | None = None, stage: str = "") -> 
     if ds is None or not hasattr(ds, "column_names"):
         return info
     batch = targs.per_device_train_batch_size
+    if getattr(targs, "llmkit_padding_free", False) or getattr(targs, "packing", False):
+        info.update(_packed_attention(trainer, packed_attention, stage))
     if getattr(targs, "llmkit_padding_free", False):
         collator = trainer.data_collator
         if not hasattr(collator, "padding_free"):
@@ -231,6 +258,21 @@ def install(trainer, targs, rows_before: int | None = None, stage: str = "") -> 
     _say(stage, f"length-grouped batches: padding {100 * info['padding_random']:.0f} % of positions in random batches -> "
                 f"{100 * info['padding_grouped']:.0f} % (epoch 1, from the rows' lengths); {batch} rows per step as before")
     return info
+
+
+def _packed_attention(trainer, choice: str, stage: str) -> dict[str, Any]:
+    from llmkit import varlen
+
+    model = trainer.model
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    how = resolve_packed_attention(choice, getattr(getattr(base, "config", None), "_attn_implementation", None))
+    if how == "per_sequence" and varlen.use(model) is None:
+        how = "mask"
+    _say(stage, {"per_sequence": "attention of padding-free batches: SDPA on each sequence on its own (cost: the sum of "
+                                 "length^2; packed_attention: mask for transformers' dense block-diagonal mask)",
+                 "kernel_varlen": "attention of padding-free batches: FlashAttention's varlen kernel (sequence boundaries)",
+                 "mask": "attention of padding-free batches: one dense block-diagonal causal mask over the batch's row"}[how])
+    return {"packed_attention": how}
 
 
 def token_weights(trainer) -> dict[str, Any]:

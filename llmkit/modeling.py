@@ -199,6 +199,14 @@ def default_attention() -> str:
     return "flash_attention_2" if importlib.util.find_spec("flash_attn") is not None else "sdpa"
 
 
+def planned_attention() -> str:
+    """The attention implementation a model gets when the recipe names none: default_attention()
+    on a GPU, transformers' default (SDPA) otherwise."""
+    import torch
+
+    return default_attention() if torch.cuda.is_available() else "sdpa"
+
+
 def default_weight_dtype(model_args):
     """The dtype weights are loaded in when the config names none: float32 on a CPU; bfloat16 on
     a GPU that has it (Ampere and newer); on one without (T4, V100) float16 for a frozen base

@@ -54,3 +54,19 @@ def test_variants_add_the_non_default_state_of_each_lever():
     on = b.lever_default("group_by_length", "dpo")
     assert names[1] == f"llmkit group_by_length={'off' if on else 'on'}"
     assert [n for n, _ in b.variants("grpo", ["group_by_length"])] == ["llmkit"]
+
+
+def test_llmkit_trains_on_the_whole_data_file_and_holds_out_another():
+    """llmkit's held-out rows come from a file of their own (so both sides draw the same batches),
+    and none of them is a training row."""
+    import json
+
+    b = bench()
+    for task, (_, _, data, *_rest) in b.TASKS.items():
+        argv = b.llmkit_argv(task, REPO / "model", REPO / "out", 3)
+        held = argv[argv.index("--eval_datasets") + 1]
+        assert argv[argv.index("--datasets") + 1] == str(REPO / data) and held != str(REPO / data)
+        train_rows = {line.strip() for line in (REPO / data).read_text(encoding="utf-8").splitlines()}
+        held_rows = [json.loads(line) for line in open(held, encoding="utf-8")]
+        assert held_rows and not {json.dumps(r, ensure_ascii=False, sort_keys=True) for r in held_rows} & {
+            json.dumps(json.loads(t), ensure_ascii=False, sort_keys=True) for t in train_rows if t}, task

@@ -52,10 +52,13 @@ def token_losses(model, seq: list[int]) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits[:-1], torch.tensor(seq[1:]), reduction="none")
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager", "llmkit_sdpa_varlen"])
 def test_padding_free_batch_keeps_sequences_apart(attn):
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
+    from llmkit import varlen
+
+    varlen.register()
     model = tiny_llama(attn)
     seqs = sequences()
     batch = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)([{"input_ids": s} for s in seqs])
@@ -112,6 +115,62 @@ def test_padded_grouped_batch_keeps_sequences_apart(attn):
     for i, s in enumerate(seqs):
         torch.testing.assert_close(out.logits[i, : len(s)], alone(model, s), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out.loss, torch.cat([token_losses(model, s) for s in seqs]).mean(), atol=1e-5, rtol=1e-5)
+
+
+def test_per_sequence_attention_runs_each_sequence_alone_with_the_same_gradients(monkeypatch):
+    """llmkit/varlen.py: SDPA is called once per sequence of the padding-free row (not once over
+    the whole row), and the loss and every gradient equal the dense block-diagonal mask's; a
+    padded batch (no sequence boundaries) goes to plain SDPA with its mask."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from llmkit import varlen
+
+    seqs = sequences()
+    batch = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)([{"input_ids": s} for s in seqs])
+    grads, losses = {}, {}
+    for attn in ("sdpa", "per_sequence"):
+        model = tiny_llama("sdpa").train()
+        if attn == "per_sequence":
+            assert varlen.use(model) == "sdpa" and model.config._attn_implementation == varlen.ATTENTION
+        lengths = []
+        real = torch.nn.functional.scaled_dot_product_attention
+
+        def spy(q, *a, _seen=lengths, _real=real, **k):
+            _seen.append(q.shape[-2])
+            return _real(q, *a, **k)
+
+        monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+        loss = model(**batch, use_cache=False).loss
+        monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", real)
+        loss.backward()
+        losses[attn], grads[attn] = loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+        layers = model.config.num_hidden_layers
+        assert lengths == ([sum(LENGTHS)] * layers if attn == "sdpa" else list(LENGTHS) * layers)
+    torch.testing.assert_close(losses["per_sequence"], losses["sdpa"], atol=1e-6, rtol=1e-5)
+    for name, g in grads["sdpa"].items():
+        torch.testing.assert_close(grads["per_sequence"][name], g, atol=1e-6, rtol=1e-4, msg=name)
+    # a padded batch with the implementation still in place: SDPA with the padding mask
+    seqs = sequences((11, 5))
+    ids = torch.zeros((2, 11), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, q in enumerate(seqs):
+        ids[i, : len(q)], mask[i, : len(q)] = torch.tensor(q), 1
+    with torch.no_grad():
+        out = model.eval()(input_ids=ids, attention_mask=mask).logits
+    for i, q in enumerate(seqs):
+        torch.testing.assert_close(out[i, : len(q)], alone(model, q), atol=1e-5, rtol=1e-5)
+
+
+def test_packed_attention_choice_per_implementation():
+    assert batching.resolve_packed_attention("auto", "sdpa (transformers' default)") == "per_sequence"
+    assert batching.resolve_packed_attention("auto", None) == "per_sequence"
+    assert batching.resolve_packed_attention("auto", "flash_attention_2") == "kernel_varlen"
+    assert batching.resolve_packed_attention("mask", "sdpa") == "mask"
+    assert batching.resolve_packed_attention("auto", "eager") == "mask"  # eager is the user's choice (e.g. softcapping)
+    with pytest.raises(ValueError, match="attn_implementation is eager"):
+        batching.resolve_packed_attention("per_sequence", "eager")
+    with pytest.raises(ValueError, match="must be one of auto, per_sequence, mask"):
+        batching.resolve_packed_attention("varlen", "sdpa")
 
 
 # --------------------------------------------------------------------------- the sampler
@@ -315,8 +374,10 @@ def test_sft_padding_free_batches_equal_padded_batches(base_model, sft_data, tmp
     batching.prepare(args)  # TRL alone refuses padding_free without packing when max_length is set
     model = AutoModelForCausalLM.from_pretrained(base_model, attn_implementation="sdpa").eval()
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
-    batching.install(trainer, args, len(ds), "sft")
+    info = batching.install(trainer, args, len(ds), "sft")
     assert args.padding_free and batching.describe(args)["batches"] == "padding-free"
+    # with SDPA the default runs each sequence's attention on its own (the logits below are checked under it)
+    assert info["packed_attention"] == "per_sequence" and model.config._attn_implementation == "llmkit_sdpa_varlen"
     batches = list(trainer.get_train_dataloader())
     assert len(batches) == 8 and all("attention_mask" not in b and b["input_ids"].shape[0] == 1 for b in batches)
     b = batches[0]

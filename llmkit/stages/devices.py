@@ -101,6 +101,14 @@ def run_layout(cfg: StageConfig) -> dict[str, Any]:
         from llmkit.modeling import default_attention
 
         layout["attn_implementation"] = margs.attn_implementation or (default_attention() if has_cuda() else "sdpa (transformers' default)")
+        extra = next((x for x in cfg.args if hasattr(x, "packed_attention")), None)
+        if extra is not None and str(layout.get("batches", "")).startswith("padding-free"):
+            from llmkit.batching import resolve_packed_attention
+
+            try:
+                layout["packed_attention"] = resolve_packed_attention(extra.packed_attention, layout["attn_implementation"])
+            except ValueError:
+                layout["packed_attention"] = extra.packed_attention  # the stage refuses it with its own message
     return layout
 
 
@@ -113,6 +121,9 @@ def describe_layout(layout: dict[str, Any]) -> str:
     for key, label in labels:
         if layout.get(key) is not None:
             parts.append(f"{label} {layout[key]}")
+    if layout.get("packed_attention"):
+        parts[-1] += {"per_sequence": " (attention per sequence)", "kernel_varlen": " (varlen attention kernel)",
+                      "mask": " (one block-diagonal mask)"}.get(layout["packed_attention"], "")
     if layout.get("tf32"):
         parts.append("tf32 matmuls")
     if layout.get("use_liger_kernel"):

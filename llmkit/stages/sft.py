@@ -46,6 +46,10 @@ class SftArgs(DataArgs):
         "help": "Replace the tokenizer's chat template: 'chatml' (built-in, with generation markers), a .jinja path or inline Jinja."})
     sample_prompts: int = field(default=8, metadata={"help": "After training, answer this many held-out prompts greedily (samples.jsonl)."})
     sample_max_new_tokens: int = field(default=48, metadata={"help": "Token budget of those answers."})
+    packed_attention: str = field(default="auto", metadata={
+        "help": "How padding-free/packed batches keep their sequences apart: auto (SDPA on each sequence on its own, "
+                "FlashAttention's varlen kernel when attn_implementation is flash_attention_*), per_sequence, or mask "
+                "(transformers' dense block-diagonal mask over the whole row)."})
 
 
 CLASSES = [SftArgs, ModelConfig, SFTConfig]
@@ -126,6 +130,10 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
 
     # ---- validate before any heavy work or any write
     lora = checks.check_trainer_stage(cfg, margs, sargs)
+    try:
+        batching.resolve_packed_attention(a.packed_attention, margs.attn_implementation or modeling.planned_attention())
+    except ValueError as exc:
+        raise LlmkitError(f"{cfg.source}: {exc}") from None
     tok_path = tokenizer_path(a, margs.model_name_or_path)
     tokenizer = modeling.load_tokenizer(tok_path)
     if a.chat_template:
@@ -163,7 +171,7 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
         callbacks=[runs.make_metrics_callback(staging / "metrics.jsonl")],
     )
     metrics: dict = {"train_rows": len(train_ds), "layout": layout, "mode": _mode(margs)}
-    metrics.update(batching.install(trainer, sargs, len(train_ds), STAGE))  # length-grouped or packed batches
+    metrics.update(batching.install(trainer, sargs, len(train_ds), STAGE, a.packed_attention))  # padding-free, grouped or packed
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     metrics["trainable_parameters"] = trainable
     sample_rows = eval_ds.to_list() if eval_ds is not None else []

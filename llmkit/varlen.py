@@ -1,0 +1,70 @@
+"""Attention over each sequence of a padding-free batch on its own, for SDPA (CPU or GPU).
+
+A padding-free (or packed) SFT batch is one row holding several sequences, with per-sequence
+position_ids and the boundaries TRL's collator adds (`cu_seq_lens_q`/`cu_seq_lens_k`).
+FlashAttention's varlen kernel reads those boundaries. With SDPA, transformers 5.19 instead
+builds one dense block-diagonal causal mask over the whole row, which is correct but makes the
+attention cost (sum of lengths)^2 instead of the sum of length^2 — on a CPU the flattened
+row then lost most of what dropping the padding saved (BENCHMARKS.md).
+
+`ATTENTION` ("llmkit_sdpa_varlen") is an attention implementation registered with transformers'
+AttentionInterface: when a forward carries `cu_seq_lens_q` (batch of one row, causal attention,
+no sliding window shorter than a sequence, no attention sinks) it runs transformers' own SDPA
+function on each sequence with `is_causal=True` and joins the outputs; every other forward
+(padded batches, generation with a KV cache, evaluation without boundaries) goes to the SDPA
+function unchanged, with the mask SDPA would get (`sdpa_mask` is registered under the same
+name). Numerically each sequence's logits equal its unpacked logits (tests/test_packing.py).
+The name lives only in the loaded model's config object: saved configs do not carry it.
+
+Chosen by the SFT key `packed_attention` (llmkit/batching.py): `auto` = per sequence with SDPA,
+the kernel's own varlen path with FlashAttention, `mask` = transformers' dense mask.
+"""
+
+from __future__ import annotations
+
+ATTENTION = "llmkit_sdpa_varlen"
+
+
+def register() -> str:
+    """Register the implementation (idempotent); returns its name."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(ATTENTION, attention)
+    AttentionMaskInterface.register(ATTENTION, sdpa_mask)
+    return ATTENTION
+
+
+def attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None, **kwargs):
+    """transformers' attention-function signature: query/key/value (batch, heads, length, dim),
+    returns (batch, length, heads, dim) and no weights."""
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    cu = kwargs.get("cu_seq_lens_q")
+    window = getattr(module, "sliding_window", None)
+    if (cu is None or query.shape[0] != 1 or query.shape[2] != key.shape[2] or kwargs.get("s_aux") is not None
+            or not getattr(module, "is_causal", True)):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    bounds = cu.tolist()
+    if bounds[-1] != query.shape[2] or (window and max(b - a for a, b in zip(bounds, bounds[1:])) > window):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    rest = {k: v for k, v in kwargs.items() if k not in ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k",
+                                                          "position_ids", "is_causal")}
+    outs = [sdpa_attention_forward(module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], None, dropout=dropout,
+                                   scaling=scaling, is_causal=True, **rest)[0]
+            for a, b in zip(bounds, bounds[1:]) if b > a]
+    return torch.cat(outs, dim=1), None
+
+
+def use(model) -> str | None:
+    """Switch a loaded model (or a PEFT model around one) from SDPA to per-sequence SDPA; returns
+    the implementation it had, or None when it was not SDPA (FlashAttention keeps its own varlen
+    path, eager and others are left as the user chose)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    before = getattr(config, "_attn_implementation", None)
+    if before != "sdpa" or not hasattr(base, "set_attn_implementation"):
+        return None
+    base.set_attn_implementation(register())
+    return before
