@@ -194,3 +194,10 @@ def test_disable_tqdm_prints_no_raw_dict_either(tmp_path, tokenizer_run, corpus,
     assert rc == 0, cap.err[-3000:]
     assert "'loss'" not in cap.out + cap.err, cap.out
     assert len([ln for ln in cap.out.splitlines() if ln.startswith("[step ")]) == 2
+
+
+def test_packed_attention_values_are_refused_before_anything_is_written(tmp_path, capsys):
+    line = refused(capsys, tmp_path, "sft", "--packed_attention", "varlen")
+    assert "packed_attention must be one of auto, per_sequence, mask, got 'varlen'" in line, line
+    line = refused(capsys, tmp_path, "sft", "--attn_implementation", "eager", "--packed_attention", "per_sequence")
+    assert "attn_implementation is eager" in line and "packed_attention: auto or mask" in line, line

@@ -358,7 +358,11 @@ def test_manifest_records_precision_and_process_layout(tmp_path, base_model, sft
     layout = json.loads((out / "manifest.json").read_text())["layout"]
     assert layout["precision"] == "fp32" and layout["world_size"] == 1 and layout["num_machines"] == 1
     assert layout["global_batch"] == 8 and layout["device"].startswith("cpu")
-    assert "llmkit sft: fp32 on cpu" in capsys.readouterr().out  # printed at start
+    assert layout["batches"] == "padding-free" and layout["packed_attention"] == "per_sequence"  # SDPA: llmkit/varlen.py
+    out_text = capsys.readouterr().out
+    assert "llmkit sft: fp32 on cpu" in out_text  # printed at start
+    assert "batches padding-free (attention per sequence)" in out_text
+    assert "SDPA on each sequence on its own" in out_text
 
 
 def test_weights_load_in_the_device_s_dtype_when_the_recipe_names_none(tmp_path, base_model, monkeypatch):

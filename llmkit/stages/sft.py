@@ -129,11 +129,11 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     sargs: SFTConfig = cfg.get(SFTConfig)
 
     # ---- validate before any heavy work or any write
-    lora = checks.check_trainer_stage(cfg, margs, sargs)
     try:
         batching.resolve_packed_attention(a.packed_attention, margs.attn_implementation or modeling.planned_attention())
     except ValueError as exc:
         raise LlmkitError(f"{cfg.source}: {exc}") from None
+    lora = checks.check_trainer_stage(cfg, margs, sargs)
     tok_path = tokenizer_path(a, margs.model_name_or_path)
     tokenizer = modeling.load_tokenizer(tok_path)
     if a.chat_template:
