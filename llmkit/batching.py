@@ -263,10 +263,8 @@ def install(trainer, targs, rows_before: int | None = None, stage: str = "", pac
 def _packed_attention(trainer, choice: str, stage: str) -> dict[str, Any]:
     from llmkit import varlen
 
-    model = trainer.model
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    how = resolve_packed_attention(choice, getattr(getattr(base, "config", None), "_attn_implementation", None))
-    if how == "per_sequence" and varlen.use(model) is None:
+    how = resolve_packed_attention(choice, varlen.implementation(trainer.model))
+    if how == "per_sequence" and varlen.use(trainer.model) is None:
         how = "mask"
     _say(stage, {"per_sequence": "attention of padding-free batches: SDPA on each sequence on its own (cost: the sum of "
                                  "length^2; packed_attention: mask for transformers' dense block-diagonal mask)",

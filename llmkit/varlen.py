@@ -42,12 +42,11 @@ def attention(module, query, key, value, attention_mask, dropout: float = 0.0, s
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     cu = kwargs.get("cu_seq_lens_q")
+    packed = (cu is not None and query.shape[0] == 1 and query.shape[2] == key.shape[2] and kwargs.get("s_aux") is None
+              and getattr(module, "is_causal", True))
+    bounds = cu.tolist() if packed else []
     window = getattr(module, "sliding_window", None)
-    if (cu is None or query.shape[0] != 1 or query.shape[2] != key.shape[2] or kwargs.get("s_aux") is not None
-            or not getattr(module, "is_causal", True)):
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
-    bounds = cu.tolist()
-    if bounds[-1] != query.shape[2] or (window and max(b - a for a, b in zip(bounds, bounds[1:])) > window):
+    if not packed or bounds[-1] != query.shape[2] or (window and max(b - a for a, b in zip(bounds, bounds[1:])) > window):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     rest = {k: v for k, v in kwargs.items() if k not in ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k",
                                                           "position_ids", "is_causal")}
@@ -57,13 +56,20 @@ def attention(module, query, key, value, attention_mask, dropout: float = 0.0, s
     return torch.cat(outs, dim=1), None
 
 
+def _base(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def implementation(model) -> str | None:
+    """The attention implementation of a loaded model (or of the model inside a PEFT model)."""
+    return getattr(getattr(_base(model), "config", None), "_attn_implementation", None)
+
+
 def use(model) -> str | None:
     """Switch a loaded model (or a PEFT model around one) from SDPA to per-sequence SDPA; returns
     the implementation it had, or None when it was not SDPA (FlashAttention keeps its own varlen
     path, eager and others are left as the user chose)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    config = getattr(base, "config", None)
-    before = getattr(config, "_attn_implementation", None)
+    before, base = implementation(model), _base(model)
     if before != "sdpa" or not hasattr(base, "set_attn_implementation"):
         return None
     base.set_attn_implementation(register())
