@@ -35,6 +35,7 @@ CORPUS_TRAIN_BYTES = 1_350_000  # corpus_train.jsonl grows until it reaches this
 HELDOUT_EVERY = 16              # every 16th unique paragraph goes to corpus_heldout
 N_SFT, N_SFT_HELD, N_PREF, N_PREF_HELD, N_MATH, N_MATH_TEST = 3000, 200, 2000, 200, 2000, 200
 N_EASY, N_EASY_TEST, N_EASY_MORE_TEST = 1000, 200, 800  # 1,000 test problems: a paired test sees a 4-point gain
+N_PREF_MORE_HELD = 800  # 1,000 held-out pairs: DPO's 3-4-point gains are then beyond a paired test's noise
 MATH_SUFFIX = "Termina con «La respuesta es N»."
 MATH_TEST_PROMPTS = set()     # filled by build() before anything else is generated
 
@@ -680,7 +681,7 @@ def make_prefs(rng):
         kind = rng.choice(["wrong"] * 4 + ["english"] * 2 + ["rude"] * 2 + ["empty"] * 2)
         bad = {"wrong": t.wrong, "english": t.en, "rude": rng.choice(RUDE), "empty": rng.choice(EMPTY)}[kind]
         return t.q, {"prompt": [user(t.q)], "chosen": [assistant(t.a)], "rejected": [assistant(bad)]}
-    return split(rng, N_PREF, N_PREF_HELD, one)
+    return split(rng, N_PREF, N_PREF_HELD, one, N_PREF_MORE_HELD)
 
 def build():
     math_train, math_test = make_math(Random(SEED + 4))

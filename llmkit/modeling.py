@@ -420,9 +420,11 @@ def stop_token_ids(tokenizer) -> list[int]:
 
 
 def generate_completions(model, tokenizer, prompts: list, max_new_tokens: int, batch_size: int = 16,
-                         desc: str | None = None) -> list[str]:
+                         desc: str | None = None, sampling: dict | None = None, n: int = 1) -> list[str]:
     """Greedy completions for prompts (text or chat messages), batched with left padding;
-    ``desc`` names the progress bar (one step per prompt)."""
+    ``desc`` names the progress bar (one step per prompt).  With ``sampling`` (``generate``'s
+    sampling keys: temperature, top_p, top_k, min_p) it samples ``n`` completions per prompt
+    instead, returned prompt by prompt (the n of the first prompt, then the second's, ...)."""
     import torch
 
     from llmkit import progress
@@ -438,8 +440,9 @@ def generate_completions(model, tokenizer, prompts: list, max_new_tokens: int, b
         for i in range(0, len(texts), batch_size):
             enc = tokenizer(texts[i : i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
             with torch.no_grad():
-                gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
-                                     eos_token_id=stop_token_ids(tokenizer))
+                how = {"do_sample": True, **sampling, "num_return_sequences": n} if sampling else {"do_sample": False}
+                gen = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                     eos_token_id=stop_token_ids(tokenizer), **how)
             out += tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
             bar.update(len(texts[i : i + batch_size]))
     finally:

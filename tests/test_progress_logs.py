@@ -166,3 +166,19 @@ def test_library_levels_reach_child_processes_and_respect_the_user(monkeypatch):
     monkeypatch.delenv("LLMKIT_LOG_LEVEL")
     cli.configure_library_logs()  # leave the process as the other tests expect it
     hf_logging.set_verbosity(logging.WARNING)
+
+
+def test_sampled_completions_come_n_per_prompt_in_prompt_order(model_and_tok):
+    """With top_k 1 every sample is the greedy answer, so each prompt's group of n must equal its
+    own greedy completion (a wrong grouping of num_return_sequences would mix prompts)."""
+    from llmkit.modeling import generate_completions
+
+    model, tok = model_and_tok
+    prompts = [r["prompt"] for r in read_jsonl(DATA / "math_easy_test.jsonl", 5)]
+    greedy = generate_completions(model, tok, prompts, 6, batch_size=2)
+    assert len(set(greedy)) > 1  # the prompts' answers differ, so a mix-up would show
+    one = generate_completions(model, tok, prompts, 6, batch_size=2, sampling={"temperature": 1.0, "top_k": 1}, n=3)
+    assert one == [g for g in greedy for _ in range(3)]
+    torch.manual_seed(0)
+    hot = generate_completions(model, tok, prompts, 6, batch_size=2, sampling={"temperature": 5.0, "top_k": None}, n=3)
+    assert len(hot) == 15 and hot != one  # really sampled

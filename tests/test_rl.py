@@ -123,7 +123,7 @@ def test_grpo_scores_every_completion_and_changes_the_policy(tmp_path, base_mode
                 "--eval_datasets", f"[{math_prompts[1]}]", "--reward_funcs", "[counting, math_accuracy, format]",
                 "--use_peft", "--lora_r", "8", "--num_generations", "4", "--per_device_train_batch_size", "8",
                 "--max_completion_length", "8", "--max_steps", "3", "--learning_rate", "1e-2", "--logging_steps", "1",
-                "--eval_max_new_tokens", "8", "--beta", "0.04")
+                "--eval_max_new_tokens", "8", "--beta", "0.04", "--eval_samples", "2", "--temperature", "1.5")
     assert rc == 0
     # 3 steps x 8 completions (2 prompts x 4 generations), plus the one-row check before training
     assert seen[0] == 1 and sum(seen[1:]) >= 3 * 8 and all(n == 8 for n in seen[1:] if n != 10)
@@ -131,6 +131,10 @@ def test_grpo_scores_every_completion_and_changes_the_policy(tmp_path, base_mode
     assert {"eval_math_accuracy_reward", "eval_format_reward", "eval_math_accuracy_reward_before"} <= set(m)
     gain = round((m["eval_math_accuracy_reward"] - m["eval_math_accuracy_reward_before"]) * m["eval_prompts"])
     assert m["paired_fixed"] - m["paired_broken"] == gain and 0 <= m["paired_p"] <= 1
+    # 2 sampled answers per held-out prompt before and after, their per-prompt means sign-tested
+    assert m["eval_samples"] == 2 and 0 <= m["eval_sampled_accuracy_before"] <= 1 and 0 <= m["eval_sampled_accuracy"] <= 1
+    assert m["eval_sampled_accuracy_paired_higher"] + m["eval_sampled_accuracy_paired_lower"] <= m["eval_prompts"]
+    assert [r["label"] for r in manifest(out)["summary"]][:2] == ["answer accuracy", "sampled answer accuracy"]
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert all("rewards/counting_reward/mean" in r for r in logged if "reward" in r)
     assert any("kl" in r for r in logged)
@@ -141,6 +145,33 @@ def test_grpo_scores_every_completion_and_changes_the_policy(tmp_path, base_mode
         before = base(**ids).logits
         after = PeftModel.from_pretrained(base, out)(**ids).logits
     assert not torch.allclose(before, after, atol=1e-5)
+
+
+def test_grpo_sampled_scores_are_per_prompt_means_of_seeded_draws_that_leave_training_rng_alone(base_model, math_prompts):
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmkit.stages.grpo import sampled_scores
+
+    model, tok = AutoModelForCausalLM.from_pretrained(base_model).eval(), AutoTokenizer.from_pretrained(base_model)
+    rows = [json.loads(line) for line in math_prompts[1].read_text().splitlines()]
+    calls = []
+
+    def odd_length(prompts=None, completions=None, **kwargs):  # a reward that varies from sample to sample
+        calls.append((len(completions), kwargs["answer"]))
+        return [float(len(c[0]["content"]) % 2) for c in completions]
+
+    how = SimpleNamespace(temperature=1.5, top_p=1.0, top_k=0, min_p=None, seed=3)
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    first = sampled_scores(model, tok, rows, [odd_length], how, 4, 8)
+    assert torch.equal(torch.get_rng_state(), state)  # training's random state is untouched
+    assert calls[0] == (4 * len(rows), [r["answer"] for r in rows for _ in range(4)])  # 4 per prompt, in order
+    assert len(first) == len(rows) and all(4 * s == int(4 * s) for s in first)  # means of 4 scores in {0, 1}
+    assert 0 < sum(first) < len(rows)
+    assert sampled_scores(model, tok, rows, [odd_length], how, 4, 8) == first  # same seed, same draws
+    assert sampled_scores(model, tok, rows, [odd_length], SimpleNamespace(**{**vars(how), "seed": 4}), 4, 8) != first
 
 
 def test_grpo_full_from_an_adapter_run_uses_the_merged_sft_as_reference(tmp_path, base_model, math_prompts, sft_data):
@@ -194,6 +225,10 @@ def test_rl_bad_input(tmp_path, capsys, base_model, prefs, math_prompts):
              "--num_generations", "2", "--per_device_train_batch_size", "2", "--reward_funcs", "[]", expect="reward")
     _refused(capsys, out, "dpo", "--output_dir", out, "--model_name_or_path", base_model, "--datasets", f"[{prefs[0]}]",
              "--beta", "-1", expect="beta")
+    _refused(capsys, out, "dpo", "--output_dir", out, "--model_name_or_path", base_model, "--datasets", f"[{prefs[0]}]",
+             "--eval_limit", "-5", expect="eval_limit must be 0")
+    _refused(capsys, out, "grpo", "--output_dir", out, "--model_name_or_path", base_model, "--datasets", f"[{math_prompts[0]}]",
+             "--num_generations", "2", "--per_device_train_batch_size", "2", "--eval_samples", "-1", expect="eval_samples must be 0")
     if not torch.cuda.is_available():
         _refused(capsys, out, "grpo", "--output_dir", out, "--model_name_or_path", base_model, "--datasets", f"[{math_prompts[0]}]",
                  "--num_generations", "2", "--per_device_train_batch_size", "2", "--use_vllm", "true", expect="use_vllm: false")

@@ -74,6 +74,26 @@ def test_a_score_row_shows_its_sign_test():
     assert "[" not in _change(row)  # a score has no binomial interval
 
 
+def test_a_row_with_its_own_paired_test_shows_it_next_to_the_stage_paired_row():
+    """GRPO's sampled accuracy carries its own sign test (``<metric>_paired_*``) beside the greedy
+    accuracy's McNemar test (``paired_*``); each row shows its own."""
+    from llmkit.report import _change
+    from llmkit.stages import summary
+
+    sampled = stats.paired_scores([0.25] * 300, [0.5] * 200 + [0.0] * 60 + [0.25] * 40)
+    metrics = {"eval_math_accuracy_reward_before": 0.44, "eval_math_accuracy_reward": 0.46, "eval_prompts": 300,
+               **stats.paired([True] * 9 + [False] * 6, [False] * 9 + [True] * 6),
+               "eval_sampled_accuracy_before": 0.25, "eval_sampled_accuracy": 0.333,
+               **{f"eval_sampled_accuracy_{k}": v for k, v in sampled.items()}}
+    greedy, samp = summary("grpo", metrics)[:2]
+    assert greedy["paired"] == {"fixed": 6, "broken": 9, "p": metrics["paired_p"]}
+    assert samp["label"] == "sampled answer accuracy" and samp["n"] == 300
+    assert samp["paired"] == {"higher": 200, "lower": 60, "p": sampled["paired_p"]}
+    assert _change(samp).endswith("(n = 300; paired: 200 higher, 60 lower, sign test p < 0.0001)")
+    del metrics["eval_sampled_accuracy_paired_p"]  # without its own test a row that is not PAIRED shows none
+    assert "paired" not in summary("grpo", metrics)[1]
+
+
 def test_tiny_p_values_are_written_as_a_bound():
     assert stats.p_text(0.0) == "< 0.0001" and stats.p_text(3e-6) == "< 0.0001"
     assert stats.p_text(0.0002) == "= 0.0002" and stats.p_text(0.19) == "= 0.19"

