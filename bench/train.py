@@ -268,6 +268,8 @@ def install_probes(rec: dict) -> None:
             out = compute_loss(model, inputs, *a, **k)
             if rec["in_train"] and torch.is_grad_enabled():
                 n, padded = _count_tokens(inputs)
+                if type(self.args).__name__ == "DPOConfig" and getattr(self.args, "llmkit_padding_free", False):
+                    padded = n  # llmkit's padding-free DPO: the padded batch goes through the model as one row of its tokens
                 rec["tokens"] += n
                 rec["padded_tokens"] += padded
                 loss = out[0] if isinstance(out, tuple) else out
@@ -368,14 +370,14 @@ def child(spec_json: str) -> int:
 # lever -> (tasks it applies to, llmkit overrides that turn it on, overrides that turn it off). The
 # llmkit row of a task runs llmkit's defaults; each lever adds the row with it in the other state.
 LEVERS = {
-    "padding_free": (("sft_full", "sft_lora"), ["--padding_free", "true", "--train_sampling_strategy", "random"],
+    "padding_free": (("sft_full", "sft_lora", "dpo"), ["--padding_free", "true", "--train_sampling_strategy", "random"],
                      ["--padding_free", "false"]),
     "group_by_length": (("sft_full", "sft_lora", "dpo"), ["--train_sampling_strategy", "group_by_length"],
                         ["--train_sampling_strategy", "random"]),
     "packing": (("sft_full", "sft_lora"), ["--packing", "true", "--packing_strategy", "bfd", "--eval_packing", "false",
                                            "--train_sampling_strategy", "random"], ["--packing", "false"]),
     "torch_compile": (("sft_full", "sft_lora", "dpo"), ["--torch_compile", "true"], ["--torch_compile", "false"]),
-    "packed_attention": (("sft_full", "sft_lora"), ["--packed_attention", "per_sequence"], ["--packed_attention", "mask"]),
+    "packed_attention": (("sft_full", "sft_lora", "dpo"), ["--packed_attention", "per_sequence"], ["--packed_attention", "mask"]),
 }
 DEFAULT_LEVERS = "padding_free,packed_attention,group_by_length,packing"
 

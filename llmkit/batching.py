@@ -2,7 +2,7 @@
 
 How each method keeps sequences apart, and what it changes:
 
-  padding-free batches  (`padding_free: true`; llmkit's SFT default on every device)
+  padding-free batches  (`padding_free: true`; llmkit's SFT and DPO default on every device)
       The rows of a batch are the rows random batches have (same sampler, rows per step, steps
       per epoch, truncation at max_length); TRL's own padding-free collation puts them in one
       row with per-sequence position_ids (and cu_seq_lens) and no padding. FlashAttention's
@@ -24,7 +24,7 @@ How each method keeps sequences apart, and what it changes:
       4, 716 steps in 4 epochs instead of 752). The rounding makes the global batch depend on
       the number of processes, which is why padding-free batches are the default instead.
 
-  length-grouped batches  (`train_sampling_strategy: group_by_length`; llmkit's DPO default)
+  length-grouped batches  (`train_sampling_strategy: group_by_length`; not a default)
       Each epoch the rows are shuffled (seed + epoch), cut into mega-batches of
       MEGABATCH_BATCHES batches, sorted by length inside each mega-batch, cut into batches,
       and the batches are shuffled again (transformers' LengthGroupedSampler orders every
@@ -38,10 +38,16 @@ How each method keeps sequences apart, and what it changes:
       of task, and the held-out loss after 100 steps was 8 % above random batches' (1.553 vs
       1.433; with token weights 1.537; mega-batches of 4 batches 1.465), bfd packing's 0.7 % (1.443).
 
-DPO: TRL 1.16 turned DPO's padding_free off ("temporarily unavailable"), so DPO groups by
-length; the width of a pair is its longer sequence (prompt + chosen or prompt + rejected),
-since TRL pads both halves of the batch to one width. The DPO loss is a mean over pairs, so
-grouping changes no weights.
+DPO: TRL 1.16 turned DPO's padding_free off ("temporarily unavailable"). llmkit's DPO default is
+padding-free anyway: TRL collates its random batches padded as always ([chosen; rejected], both
+halves padded to one width), and the forward TRL calls for the policy and the reference (its
+fused LM head, which returns per-token log-probabilities) is wrapped so that the batch's
+sequences go through the model as one row with their own position_ids and boundaries; the
+log-probabilities come back in the padded shape, so TRL's loss code runs unchanged
+(varlen.pack_fused_forward; tests/test_packing.py: equal to the padded forward to 1e-5, with
+gradients). Length grouping (`train_sampling_strategy: group_by_length`, `padding_free: false`)
+is the padded alternative: the width of a pair is its longer sequence, and the DPO loss is a mean
+over pairs, so grouping changes no weights.
 """
 
 from __future__ import annotations
@@ -61,13 +67,12 @@ def defaults(stage: str, explicit: dict[str, Any]) -> dict[str, Any]:
 
     SFT: padding-free batches on every device and attention implementation (FlashAttention
     varlen on a GPU, the block-diagonal mask with SDPA/eager; see the module doc for why not
-    length grouping or packing). DPO: length-grouped batches (TRL 1.16 has no padding-free DPO). A recipe
-    that sets packing, padding_free or train_sampling_strategy itself gets exactly what it set."""
+    length grouping or packing). DPO: padding-free batches too (TRL 1.16 turned its own off; llmkit runs
+    the policy's and the reference's forward padding-free, see the module doc). A recipe that sets
+    packing, padding_free or train_sampling_strategy itself gets exactly what it set."""
     if not DEFAULT_ON or any(k in explicit for k in ("packing", "padding_free", "train_sampling_strategy")):
         return {}
-    if stage == "sft":
-        return {"padding_free": True}
-    return {"train_sampling_strategy": GROUP}
+    return {"padding_free": True}
 
 
 PACKED_ATTENTION = ("auto", "per_sequence", "mask")
@@ -188,8 +193,9 @@ def prepare(targs) -> None:
     """Before the SFT trainer is built: TRL 1.16 refuses ``padding_free`` without packing when
     max_length is set (although it truncates rows to max_length then), so llmkit hides the key
     from TRL here and turns TRL's own padding-free collation on in ``install``."""
-    if type(targs).__name__ == "SFTConfig" and getattr(targs, "padding_free", False) and not getattr(targs, "packing", False):
-        targs.padding_free = False
+    name = type(targs).__name__
+    if name in ("SFTConfig", "DPOConfig") and getattr(targs, "padding_free", False) and not getattr(targs, "packing", False):
+        targs.padding_free = False  # DPO: TRL 1.16 would warn and fall back to padding; llmkit packs the forward instead
         targs.llmkit_padding_free = True
 
 
@@ -211,6 +217,8 @@ def install(trainer, targs, rows_before: int | None = None, stage: str = "", pac
     batch = targs.per_device_train_batch_size
     if getattr(targs, "llmkit_padding_free", False) or getattr(targs, "packing", False):
         info.update(_packed_attention(trainer, packed_attention, stage))
+    if getattr(targs, "llmkit_padding_free", False) and type(targs).__name__ == "DPOConfig":
+        return {**info, **_padding_free_dpo(trainer, targs, ds, stage)}
     if getattr(targs, "llmkit_padding_free", False):
         collator = trainer.data_collator
         if not hasattr(collator, "padding_free"):
@@ -260,12 +268,34 @@ def install(trainer, targs, rows_before: int | None = None, stage: str = "", pac
     return info
 
 
+def _padding_free_dpo(trainer, targs, ds, stage: str) -> dict[str, Any]:
+    """DPO's padded [chosen; rejected] batches through the policy and the reference as one row of
+    sequences (llmkit/varlen.py: pack_fused_forward); the batches themselves are TRL's random ones."""
+    from llmkit import varlen
+
+    models = [trainer.model] + ([trainer.ref_model] if getattr(trainer, "ref_model", None) is not None else [])
+    if not all(varlen.pack_fused_forward(m) for m in models):
+        raise ValueError("padding_free DPO needs TRL's fused LM-head forward (trl 1.16's DPOTrainer); "
+                         "set padding_free: false")
+    targs.padding_free = True
+    lengths, real = row_lengths(ds, getattr(targs, "max_length", None))
+    order = random.Random(targs.seed).sample(range(len(lengths)), len(lengths))
+    padding = round(padding_fraction(lengths, order, targs.per_device_train_batch_size, real), 4)
+    _say(stage, f"padding-free batches: the {2 * targs.per_device_train_batch_size} sequences of each batch (chosen and "
+                f"rejected) go through the policy and the reference as one row with their own position_ids (no padding; "
+                f"padded, the batches would be {100 * padding:.0f} % padding)")
+    return {"padding_random": padding}
+
+
 def _packed_attention(trainer, choice: str, stage: str) -> dict[str, Any]:
     from llmkit import varlen
 
     how = resolve_packed_attention(choice, varlen.implementation(trainer.model))
     if how == "per_sequence" and varlen.use(trainer.model) is None:
         how = "mask"
+    ref = getattr(trainer, "ref_model", None)
+    if how == "per_sequence" and ref is not None:  # full DPO: the frozen reference copy runs the same forward
+        varlen.use(ref)
     _say(stage, {"per_sequence": "attention of padding-free batches: SDPA on each sequence on its own (cost: the sum of "
                                  "length^2; packed_attention: mask for transformers' dense block-diagonal mask)",
                  "kernel_varlen": "attention of padding-free batches: FlashAttention's varlen kernel (sequence boundaries)",

@@ -74,3 +74,58 @@ def use(model) -> str | None:
         return None
     base.set_attn_implementation(register())
     return before
+
+
+# --------------------------------------------------------------------------- padding-free DPO
+
+_PACKABLE = {"use_cache", "output_router_logits"}  # the other keyword arguments DPO's forward may carry
+
+
+def pack_fused_forward(model) -> bool:
+    """Run TRL's fused-LM-head forward (``model(..., labels=..., fused_lm_head=True)``, what TRL 1.16's
+    DPOTrainer calls for the policy and the reference) padding-free: the padded batch's sequences go
+    through the model as one row with their own position_ids and boundaries (``cu_seq_lens_q``/``_k``,
+    read by this module's attention or FlashAttention's varlen kernel), and the per-token
+    log-probabilities come back in the padded batch's shape, zeros at padding, as TRL computes them.
+    Every other call (plain forwards, generation, inputs it does not know) is left as it was.
+    Returns False when the model has no fused forward to wrap (TRL did not patch it)."""
+    import functools
+
+    import torch
+
+    base = _base(model)
+    fused = base.__dict__.get("forward")  # TRL's add_fused_lm_head sets it on the instance
+    if fused is None or getattr(fused, "llmkit_packed", False):
+        return fused is not None
+
+    @functools.wraps(fused)
+    def forward(*args, fused_lm_head=False, labels=None, input_ids=None, attention_mask=None, **kwargs):
+        if (not fused_lm_head or args or input_ids is None or attention_mask is None or labels is None
+                or input_ids.dim() != 2 or set(kwargs) - _PACKABLE):
+            return fused(*args, fused_lm_head=fused_lm_head, labels=labels, input_ids=input_ids,
+                         attention_mask=attention_mask, **kwargs)
+        mask = attention_mask.bool()
+        lengths = mask.sum(1)
+        runs = mask[:, 0].long() + (~mask[:, :-1] & mask[:, 1:]).sum(1)  # stretches of real tokens per row
+        if bool((runs > 1).any()):
+            raise ValueError("padding-free DPO needs each sequence's tokens side by side (padding on one side only)")
+        positions = (mask.cumsum(1) - 1)[mask][None]
+        shifted = torch.full_like(labels, -100)
+        shifted[:, :-1] = labels[:, 1:]  # the label each position predicts, -100 past a sequence's end
+        bounds = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)]).to(torch.int32)
+        longest = int(lengths.max())
+        out = fused(input_ids=input_ids[mask][None], position_ids=positions, shift_labels=shifted[mask][None],
+                    fused_lm_head=True, cu_seq_lens_q=bounds, cu_seq_lens_k=bounds, max_length_q=longest,
+                    max_length_k=longest, **kwargs)
+        for key in ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1"):
+            flat = getattr(out, key, None)
+            if flat is not None:
+                padded = flat.new_zeros(mask.shape).masked_scatter(mask, flat[0])
+                setattr(out, key, padded[:, :-1])  # TRL's shape: position t scores token t + 1
+        if getattr(out, "label_mask", None) is not None:
+            out.label_mask = (shifted != -100)[:, :-1]
+        return out
+
+    forward.llmkit_packed = True
+    base.forward = forward
+    return True

@@ -348,10 +348,9 @@ def test_grouped_batches_resume_after_sigterm(tmp_path, base_model, sft_data, st
 # --------------------------------------------------------------------------- the choice per device
 
 def test_defaults_per_stage(monkeypatch):
-    """SFT: padding-free batches on every device, DPO: length-grouped; a recipe's own choice wins."""
+    """SFT and DPO: padding-free batches on every device; a recipe's own choice wins."""
     monkeypatch.setattr(batching, "DEFAULT_ON", True)
-    assert batching.defaults("sft", {}) == {"padding_free": True}
-    assert batching.defaults("dpo", {}) == {"train_sampling_strategy": "group_by_length"}  # TRL 1.16: no padding-free DPO
+    assert batching.defaults("sft", {}) == batching.defaults("dpo", {}) == {"padding_free": True}
     for key in ("packing", "padding_free", "train_sampling_strategy"):
         assert batching.defaults("sft", {key: False}) == batching.defaults("dpo", {key: False}) == {}
     monkeypatch.setattr(batching, "DEFAULT_ON", False)
@@ -397,3 +396,97 @@ def test_sft_padding_free_batches_equal_padded_batches(base_model, sft_data, tmp
     with torch.no_grad():
         padded_loss = trainer.compute_loss(model, dict(padded))
     torch.testing.assert_close(loss, padded_loss, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("peft", [False, True], ids=["full-ref-copy", "lora-adapter-off-ref"])
+def test_padding_free_dpo_equals_padded_dpo(base_model, tmp_path, monkeypatch, peft):
+    """llmkit's DPO default: TRL's padded [chosen; rejected] batch, run through the policy and the
+    reference as one row of sequences (varlen.pack_fused_forward). TRL's own DPO loss, its reward
+    metrics and every gradient equal the padded forward's; SDPA runs once per sequence per layer."""
+    from conftest import DATA, read_jsonl, write_jsonl
+    from datasets import load_dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    data = write_jsonl(tmp_path / "prefs.jsonl", read_jsonl(DATA / "preferences_train.jsonl", 24))
+    tok = AutoTokenizer.from_pretrained(base_model)
+    ds = load_dataset("json", data_files=str(data), split="train")
+    results = {}
+    for padding_free in (False, True):
+        args = DPOConfig(output_dir=str(tmp_path / f"out{padding_free}"), per_device_train_batch_size=4, max_length=64,
+                         use_cpu=True, bf16=False, report_to="none", padding_free=padding_free, seed=3)
+        batching.prepare(args)
+        assert not args.padding_free  # hidden from TRL, which would warn and pad
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(base_model, attn_implementation="sdpa")
+        ref = None if peft else AutoModelForCausalLM.from_pretrained(base_model, attn_implementation="sdpa")
+        lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False) if peft else None
+        trainer = DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=ds, processing_class=tok, peft_config=lora)
+        info = batching.install(trainer, args, stage="dpo")
+        assert (info.get("packed_attention") == "per_sequence") == padding_free and args.padding_free == padding_free
+        batch = next(iter(trainer.get_train_dataloader()))
+        lengths = batch["attention_mask"].sum(1).tolist()
+        assert len(set(lengths)) > 1  # the padded batch really is padded
+        seen = []
+        real = torch.nn.functional.scaled_dot_product_attention
+
+        def spy(q, *a, _seen=seen, _real=real, **k):
+            _seen.append(q.shape[-2])
+            return _real(q, *a, **k)
+
+        monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+        trainer.model.train()
+        loss = trainer.compute_loss(trainer.model, dict(batch))
+        monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", real)
+        loss.backward()
+        layers = model.config.num_hidden_layers
+        width = batch["input_ids"].shape[1]
+        # policy and reference: one call per layer over the padded width, or one per sequence and layer
+        if padding_free:
+            assert sorted(seen) == sorted(lengths * 2 * layers)
+        else:
+            assert seen == [width] * (2 * layers)
+        metrics = {k: v[-1] for k, v in trainer._metrics["train"].items()}
+        grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+        results[padding_free] = loss.detach(), metrics, grads
+    (l0, m0, g0), (l1, m1, g1) = results[False], results[True]
+    torch.testing.assert_close(l1, l0, atol=1e-5, rtol=1e-5)
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected"):
+        assert m1[key] == pytest.approx(m0[key], abs=1e-4), key
+    assert g0 and set(g0) == set(g1)
+    for name, g in g0.items():
+        torch.testing.assert_close(g1[name], g, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_pack_fused_forward_leaves_other_calls_alone():
+    """Plain forwards (no fused_lm_head: generation, llmkit's own scoring) and a model TRL did not
+    patch are left as they are; a row with a hole in its mask is refused, not mixed."""
+    from trl.trainer.utils import add_fused_lm_head
+
+    from llmkit import varlen
+
+    model = tiny_llama("sdpa")
+    assert varlen.pack_fused_forward(model) is False  # no fused forward on the instance
+    add_fused_lm_head(model)
+    assert varlen.pack_fused_forward(model) and varlen.pack_fused_forward(model)  # idempotent
+    seqs = sequences((6, 4))
+    ids = torch.zeros((2, 6), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, q in enumerate(seqs):
+        ids[i, : len(q)], mask[i, : len(q)] = torch.tensor(q), 1
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        torch.testing.assert_close(logits[1, :4], alone(model, seqs[1]), atol=1e-5, rtol=1e-5)
+        left = torch.zeros_like(ids)
+        left[0], left[1, 2:] = ids[0], torch.tensor(seqs[1])
+        lmask = torch.zeros_like(ids)
+        lmask[0], lmask[1, 2:] = 1, 1
+        labels = left.masked_fill(lmask == 0, -100)
+        packed = model(input_ids=left, attention_mask=lmask, labels=labels, fused_lm_head=True).log_probs
+        want = torch.log_softmax(alone(model, seqs[1]), -1)[:-1].gather(-1, torch.tensor(seqs[1])[1:, None])[:, 0]
+        torch.testing.assert_close(packed[1, 2:], want, atol=1e-5, rtol=1e-5)  # left padding works too
+        hole = mask.clone()
+        hole[0, 2] = 0
+        with pytest.raises(ValueError, match="side by side"):
+            model(input_ids=ids, attention_mask=hole, labels=ids, fused_lm_head=True)

@@ -90,6 +90,7 @@ def test_dpo_grows_the_implicit_reward_margin(tmp_path, base_model, prefs, extra
     assert m["preference_accuracy"] >= m["preference_accuracy_before"]
     gain = round((m["preference_accuracy"] - m["preference_accuracy_before"]) * m["eval_pairs"])
     assert m["paired_fixed"] - m["paired_broken"] == gain  # the same pairs, compared one by one
+    assert manifest(out)["layout"]["batches"] == "padding-free" and m["padding_random"] > 0  # the DPO default
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     margins = [r["rewards/margins"] for r in logged if "rewards/margins" in r and "eval_loss" not in r]
     assert margins[-1] > margins[0]

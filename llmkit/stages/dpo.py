@@ -41,6 +41,10 @@ PAIRED = "preference_accuracy"  # the row whose pairs are also compared one by o
 class DpoArgs(DataArgs):
     eval_limit: int = field(default=1000, metadata={
         "help": "At most this many held-out pairs are scored before and after (4 scored sequences each)."})
+    packed_attention: str = field(default="auto", metadata={
+        "help": "How padding-free batches keep their sequences apart: auto (SDPA on each sequence on its own, "
+                "FlashAttention's varlen kernel when attn_implementation is flash_attention_*), per_sequence, or mask "
+                "(transformers' dense block-diagonal mask over the whole row)."})
 
 
 CLASSES = [DpoArgs, ModelConfig, DPOConfig]
@@ -132,6 +136,10 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
         raise LlmkitError(f"{cfg.source}: beta must be positive, got {dargs.beta}")
     if a.eval_limit < 0:
         raise LlmkitError(f"{cfg.source}: eval_limit must be 0 (no held-out preference metrics) or more, got {a.eval_limit}")
+    try:
+        batching.resolve_packed_attention(a.packed_attention, margs.attn_implementation or modeling.planned_attention())
+    except ValueError as exc:
+        raise LlmkitError(f"{cfg.source}: {exc}") from None
     tok_path = tokenizer_path(a, margs.model_name_or_path)
     tokenizer = modeling.load_tokenizer(tok_path)
     runs.check_output_dir(dargs.output_dir, overwrite)
@@ -147,6 +155,7 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     ref = None if lora is not None else modeling.load_merged(margs, dargs.trust_remote_code).eval().requires_grad_(False)
 
     staging, output_dir = common.open_trainer_staging(dargs, cfg, STAGE, overwrite, policy, lora, has_eval=eval_ds is not None)
+    batching.prepare(dargs)  # padding_free: llmkit runs it (TRL 1.16 turns DPO's padding_free off)
     trainer = common.build_trainer(
         staging, cfg, DPOTrainer,
         model=policy,
@@ -159,7 +168,7 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
         callbacks=[runs.make_metrics_callback(staging / "metrics.jsonl")],
     )
     metrics: dict = {"train_pairs": len(train_ds), "mode": "lora" if lora else "full", "loss_type": dargs.loss_type}
-    metrics.update(batching.install(trainer, dargs, stage=STAGE))  # length-grouped batches
+    metrics.update(batching.install(trainer, dargs, stage=STAGE, packed_attention=a.packed_attention))  # padding-free or grouped
     held = eval_ds.to_list()[: a.eval_limit] if eval_ds is not None else []
 
     wins_before: list[bool] = []
