@@ -100,8 +100,9 @@ def pack_fused_forward(model) -> bool:
 
     @functools.wraps(fused)
     def forward(*args, fused_lm_head=False, labels=None, input_ids=None, attention_mask=None, **kwargs):
+        given = {k: v for k, v in kwargs.items() if v is not None}  # PEFT passes inputs_embeds=None, return_dict=None, ...
         if (not fused_lm_head or args or input_ids is None or attention_mask is None or labels is None
-                or input_ids.dim() != 2 or set(kwargs) - _PACKABLE):
+                or input_ids.dim() != 2 or set(given) - _PACKABLE):
             return fused(*args, fused_lm_head=fused_lm_head, labels=labels, input_ids=input_ids,
                          attention_mask=attention_mask, **kwargs)
         mask = attention_mask.bool()
@@ -116,7 +117,7 @@ def pack_fused_forward(model) -> bool:
         longest = int(lengths.max())
         out = fused(input_ids=input_ids[mask][None], position_ids=positions, shift_labels=shifted[mask][None],
                     fused_lm_head=True, cu_seq_lens_q=bounds, cu_seq_lens_k=bounds, max_length_q=longest,
-                    max_length_k=longest, **kwargs)
+                    max_length_k=longest, **given)
         for key in ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1"):
             flat = getattr(out, key, None)
             if flat is not None:

@@ -421,7 +421,8 @@ def test_padding_free_dpo_equals_padded_dpo(base_model, tmp_path, monkeypatch, p
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_pretrained(base_model, attn_implementation="sdpa")
         ref = None if peft else AutoModelForCausalLM.from_pretrained(base_model, attn_implementation="sdpa")
-        lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False) if peft else None
+        lora = (LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False, task_type="CAUSAL_LM")
+                if peft else None)  # CAUSAL_LM as the stages build it: PEFT then passes inputs_embeds=None, return_dict=None, ...
         trainer = DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=ds, processing_class=tok, peft_config=lora)
         info = batching.install(trainer, args, stage="dpo")
         assert (info.get("packed_attention") == "per_sequence") == padding_free and args.padding_free == padding_free
