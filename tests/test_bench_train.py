@@ -50,9 +50,10 @@ def test_lever_rows_ratios_spread_and_tolerance(tmp_path):
 def test_variants_add_the_non_default_state_of_each_lever():
     b = bench()
     names = [n for n, _ in b.variants("dpo", ["group_by_length", "packing", "padding_free"])]
-    assert names[0] == "llmkit" and len(names) == 2  # packing and padding_free do not apply to DPO
-    on = b.lever_default("group_by_length", "dpo")
-    assert names[1] == f"llmkit group_by_length={'off' if on else 'on'}"
+    assert names[0] == "llmkit" and len(names) == 3  # packing does not apply to DPO
+    for name, lever in zip(names[1:], ("group_by_length", "padding_free")):
+        assert name == f"llmkit {lever}={'off' if b.lever_default(lever, 'dpo') else 'on'}"
+    assert b.lever_default("padding_free", "dpo") and not b.lever_default("group_by_length", "dpo")  # the DPO default
     assert [n for n, _ in b.variants("grpo", ["group_by_length"])] == ["llmkit"]
 
 
