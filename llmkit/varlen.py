@@ -16,8 +16,12 @@ function unchanged, with the mask SDPA would get (`sdpa_mask` is registered unde
 name). Numerically each sequence's logits equal its unpacked logits (tests/test_packing.py).
 The name lives only in the loaded model's config object: saved configs do not carry it.
 
-Chosen by the SFT key `packed_attention` (llmkit/batching.py): `auto` = per sequence with SDPA,
-the kernel's own varlen path with FlashAttention, `mask` = transformers' dense mask.
+Chosen by the SFT and DPO key `packed_attention` (llmkit/batching.py): `auto` = per sequence with
+SDPA, the kernel's own varlen path with FlashAttention, `mask` = transformers' dense mask.
+
+`pack_fused_forward` makes DPO padding-free: TRL 1.16's DPOTrainer pads its batches and has turned
+its own padding_free off, so llmkit runs the padded batch through the forward TRL calls as one row
+of sequences and gives TRL the per-token log-probabilities back in the padded shape.
 """
 
 from __future__ import annotations
