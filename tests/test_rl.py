@@ -175,6 +175,19 @@ def test_grpo_sampled_scores_are_per_prompt_means_of_seeded_draws_that_leave_tra
     assert sampled_scores(model, tok, rows, [odd_length], SimpleNamespace(**{**vars(how), "seed": 4}), 4, 8) != first
 
 
+def test_grpo_held_out_scores_without_reward_functions(base_model, math_prompts):
+    """A GRPO run whose only reward is a reward-stage model has no function to score held-out
+    answers with: the greedy evaluation returns no means (it used to fail on funcs[0])."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmkit.stages.grpo import evaluate
+
+    model, tok = AutoModelForCausalLM.from_pretrained(base_model).eval(), AutoTokenizer.from_pretrained(base_model)
+    rows = [json.loads(line) for line in math_prompts[1].read_text().splitlines()][:3]
+    scores: list = []
+    assert evaluate(model, tok, rows, [], 4, item_scores=scores) == {} and scores == []
+
+
 def test_grpo_full_from_an_adapter_run_uses_the_merged_sft_as_reference(tmp_path, base_model, math_prompts, sft_data):
     sft = tmp_path / "sft"
     assert llmkit("sft", "--output_dir", sft, "--model_name_or_path", base_model, "--datasets", f"[{sft_data[0]}]",

@@ -91,7 +91,7 @@ def evaluate(model, tokenizer, rows: list[dict], funcs, max_new_tokens: int, des
     """Mean of every reward function over greedy answers to held-out prompts (the answers are
     appended to ``answers``, and the per-prompt scores of the accuracy reward, else of the first
     reward, to ``item_scores``, when given)."""
-    keyed = next((f for f in funcs if f.__name__ == "math_accuracy_reward"), funcs[0])
+    keyed = next((f for f in funcs if f.__name__ == "math_accuracy_reward"), funcs[0] if funcs else None)
     completions = modeling.generate_completions(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens, desc=desc)
     if answers is not None:
         answers.extend(completions)
@@ -223,7 +223,7 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
         metrics.update({f"eval_{k}_before": v for k, v in evaluate(trainer.model, tokenizer, held, funcs, a.eval_max_new_tokens,
                                                                   "llmkit grpo: held-out rewards (before)", answers_before,
                                                                   right_before).items()})
-        if a.eval_samples:
+        if a.eval_samples and funcs:  # a reward-stage model alone has no function to score held-out answers with
             sampled_before = sampled_scores(trainer.model, tokenizer, held, funcs, gargs, a.eval_samples, a.eval_max_new_tokens,
                                             f"llmkit grpo: {a.eval_samples} sampled answers per held-out prompt (before)")
     result = common.train(trainer, staging)
@@ -235,7 +235,7 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
         metrics["eval_prompts"] = len(held)
         # the same prompts before and after: fixed/broken and McNemar's p (full marks of the accuracy reward)
         metrics.update(stats.paired([x == 1 for x in right_before], [x == 1 for x in right_after]))
-        if a.eval_samples:
+        if a.eval_samples and funcs:
             sampled_after = sampled_scores(model, tokenizer, held, funcs, gargs, a.eval_samples, a.eval_max_new_tokens,
                                            f"llmkit grpo: {a.eval_samples} sampled answers per held-out prompt (after)")
             metrics.update({"eval_samples": a.eval_samples, "eval_sampled_accuracy_before": sum(sampled_before) / len(held),
