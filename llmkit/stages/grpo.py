@@ -86,22 +86,33 @@ def check_generation_batch(gargs: GRPOConfig, cfg: StageConfig) -> None:
         )
 
 
+def _keyed(funcs):
+    """The reward whose per-prompt scores are compared before/after: math_accuracy, else the first."""
+    return next((f for f in funcs if f.__name__ == "math_accuracy_reward"), funcs[0] if funcs else None)
+
+
+def _scores(funcs, tokenizer, rows: list[dict], completions: list[str], per_row: int = 1) -> list[list]:
+    """Each reward function's scores of ``completions``, ``per_row`` of them per row, row by row
+    (the functions get the rows' prompts and other columns repeated to match, as GRPO's do)."""
+    ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in completions]
+    if isinstance(rows[0]["prompt"], list):
+        completions = [[{"role": "assistant", "content": c}] for c in completions]
+    extra = {k: [r.get(k) for r in rows for _ in range(per_row)] for k in rows[0] if k != "prompt"}
+    prompts = [r["prompt"] for r in rows for _ in range(per_row)]
+    return [f(prompts=prompts, completions=completions, completion_ids=ids, **extra) for f in funcs]
+
+
 def evaluate(model, tokenizer, rows: list[dict], funcs, max_new_tokens: int, desc: str | None = None,
              answers: list | None = None, item_scores: list | None = None) -> dict[str, float]:
     """Mean of every reward function over greedy answers to held-out prompts (the answers are
     appended to ``answers``, and the per-prompt scores of the accuracy reward, else of the first
     reward, to ``item_scores``, when given)."""
-    keyed = next((f for f in funcs if f.__name__ == "math_accuracy_reward"), funcs[0] if funcs else None)
+    keyed = _keyed(funcs)
     completions = modeling.generate_completions(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens, desc=desc)
     if answers is not None:
         answers.extend(completions)
-    ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in completions]
-    if isinstance(rows[0]["prompt"], list):
-        completions = [[{"role": "assistant", "content": c}] for c in completions]
-    extra = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"}
     out = {}
-    for f in funcs:
-        given = f(prompts=[r["prompt"] for r in rows], completions=completions, completion_ids=ids, **extra)
+    for f, given in zip(funcs, _scores(funcs, tokenizer, rows, completions)):
         if item_scores is not None and f is keyed:
             item_scores.extend(given)
         scores = [s for s in given if s is not None]
@@ -117,17 +128,12 @@ def sampled_scores(model, tokenizer, rows: list[dict], funcs, gargs: GRPOConfig,
     random state is left as it was)."""
     import torch
 
-    keyed = next((f for f in funcs if f.__name__ == "math_accuracy_reward"), funcs[0])
     sampling = {"temperature": gargs.temperature, "top_p": gargs.top_p, "top_k": gargs.top_k or None, "min_p": gargs.min_p}
     with torch.random.fork_rng():
         torch.manual_seed(gargs.seed)
         completions = modeling.generate_completions(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens, desc=desc,
                                                     sampling=sampling, n=k)
-    ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in completions]
-    if isinstance(rows[0]["prompt"], list):
-        completions = [[{"role": "assistant", "content": c}] for c in completions]
-    extra = {key: [r.get(key) for r in rows for _ in range(k)] for key in rows[0] if key != "prompt"}
-    given = keyed(prompts=[r["prompt"] for r in rows for _ in range(k)], completions=completions, completion_ids=ids, **extra)
+    (given,) = _scores([_keyed(funcs)], tokenizer, rows, completions, per_row=k)
     return [sum(s or 0.0 for s in given[i * k:(i + 1) * k]) / k for i in range(len(rows))]
 
 
