@@ -35,3 +35,11 @@ def tokenizer_path(a: DataArgs, model: str | None) -> str | None:
     if not a.tokenizer_name_or_path and path and modeling.is_adapter_dir(path) and not (Path(path) / "tokenizer_config.json").exists():
         return modeling.adapter_base(path)
     return path
+
+
+def packed_attention_field():
+    """The `packed_attention` key of the stages with padding-free batches (sft, dpo)."""
+    return field(default="auto", metadata={
+        "help": "How padding-free batches keep their sequences apart: auto (SDPA on each sequence on its own, "
+                "FlashAttention's varlen kernel when attn_implementation is flash_attention_*), per_sequence, or mask "
+                "(transformers' dense block-diagonal mask over the whole row)."})

@@ -222,6 +222,16 @@ def check_trainer_stage(cfg: StageConfig, margs, targs, what: str = "model (mode
 
 
 
+def check_packed_attention(choice: str, margs, cfg: StageConfig) -> None:
+    """The `packed_attention` key against the attention implementation the model will get."""
+    from llmkit import batching, modeling
+
+    try:
+        batching.resolve_packed_attention(choice, margs.attn_implementation or modeling.planned_attention())
+    except ValueError as exc:
+        raise LlmkitError(f"{cfg.source}: {exc}") from None
+
+
 def probe_rewards(funcs, row: dict, completion, completion_ids: list[int]) -> None:
     """Call every reward function once, on one row of the data and one made-up completion: a
     function that needs a column the data lacks (e.g. 'answer' for math_accuracy) fails here,

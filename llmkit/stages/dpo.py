@@ -27,7 +27,7 @@ from trl import DPOConfig, ModelConfig
 from llmkit import batching, data, lineage, modeling, runs, stats
 from llmkit.config import LlmkitError, StageConfig
 from llmkit.stages import checks, common, devices
-from llmkit.stages.args import DataArgs, tokenizer_path
+from llmkit.stages.args import DataArgs, packed_attention_field, tokenizer_path
 
 STAGE = "dpo"
 # the stage's key numbers, (label, metric before training, metric after): manifest "summary", `llmkit run`, reports
@@ -41,10 +41,7 @@ PAIRED = "preference_accuracy"  # the row whose pairs are also compared one by o
 class DpoArgs(DataArgs):
     eval_limit: int = field(default=1000, metadata={
         "help": "At most this many held-out pairs are scored before and after (4 scored sequences each)."})
-    packed_attention: str = field(default="auto", metadata={
-        "help": "How padding-free batches keep their sequences apart: auto (SDPA on each sequence on its own, "
-                "FlashAttention's varlen kernel when attn_implementation is flash_attention_*), per_sequence, or mask "
-                "(transformers' dense block-diagonal mask over the whole row)."})
+    packed_attention: str = packed_attention_field()
 
 
 CLASSES = [DpoArgs, ModelConfig, DPOConfig]
@@ -136,10 +133,7 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
         raise LlmkitError(f"{cfg.source}: beta must be positive, got {dargs.beta}")
     if a.eval_limit < 0:
         raise LlmkitError(f"{cfg.source}: eval_limit must be 0 (no held-out preference metrics) or more, got {a.eval_limit}")
-    try:
-        batching.resolve_packed_attention(a.packed_attention, margs.attn_implementation or modeling.planned_attention())
-    except ValueError as exc:
-        raise LlmkitError(f"{cfg.source}: {exc}") from None
+    checks.check_packed_attention(a.packed_attention, margs, cfg)
     tok_path = tokenizer_path(a, margs.model_name_or_path)
     tokenizer = modeling.load_tokenizer(tok_path)
     runs.check_output_dir(dargs.output_dir, overwrite)

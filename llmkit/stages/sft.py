@@ -30,7 +30,7 @@ from trl import ModelConfig, SFTConfig
 from llmkit import batching, data, lineage, modeling, progress, runs, stats
 from llmkit.config import LlmkitError, StageConfig
 from llmkit.stages import checks, common, devices
-from llmkit.stages.args import DataArgs, tokenizer_path
+from llmkit.stages.args import DataArgs, packed_attention_field, tokenizer_path
 
 STAGE = "sft"
 # the stage's key numbers, (label, metric before training, metric after): manifest "summary", `llmkit run`, reports
@@ -46,10 +46,7 @@ class SftArgs(DataArgs):
         "help": "Replace the tokenizer's chat template: 'chatml' (built-in, with generation markers), a .jinja path or inline Jinja."})
     sample_prompts: int = field(default=8, metadata={"help": "After training, answer this many held-out prompts greedily (samples.jsonl)."})
     sample_max_new_tokens: int = field(default=48, metadata={"help": "Token budget of those answers."})
-    packed_attention: str = field(default="auto", metadata={
-        "help": "How padding-free/packed batches keep their sequences apart: auto (SDPA on each sequence on its own, "
-                "FlashAttention's varlen kernel when attn_implementation is flash_attention_*), per_sequence, or mask "
-                "(transformers' dense block-diagonal mask over the whole row)."})
+    packed_attention: str = packed_attention_field()
 
 
 CLASSES = [SftArgs, ModelConfig, SFTConfig]
@@ -129,10 +126,7 @@ def main(cfg: StageConfig, overwrite: bool = False) -> Path:
     sargs: SFTConfig = cfg.get(SFTConfig)
 
     # ---- validate before any heavy work or any write
-    try:
-        batching.resolve_packed_attention(a.packed_attention, margs.attn_implementation or modeling.planned_attention())
-    except ValueError as exc:
-        raise LlmkitError(f"{cfg.source}: {exc}") from None
+    checks.check_packed_attention(a.packed_attention, margs, cfg)
     lora = checks.check_trainer_stage(cfg, margs, sargs)
     tok_path = tokenizer_path(a, margs.model_name_or_path)
     tokenizer = modeling.load_tokenizer(tok_path)
