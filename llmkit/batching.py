@@ -149,6 +149,12 @@ def padding_fraction(width: list[int], order: list[int], batch_size: int, real: 
     return 1 - tokens / positions if positions else 0.0
 
 
+def _random_padding(width: list[int], real: list[float], seed: int, batch_size: int) -> float:
+    """The padding share of random batches (the order TRL's sampler would draw with ``seed``)."""
+    order = random.Random(seed).sample(range(len(width)), len(width))
+    return round(padding_fraction(width, order, batch_size, real), 4)
+
+
 # --------------------------------------------------------------------------- the sampler
 
 class LengthGroupedSampler:
@@ -225,9 +231,7 @@ def install(trainer, targs, rows_before: int | None = None, stage: str = "", pac
             raise ValueError("padding_free needs TRL's language-modeling collator; this trainer has "
                              f"{type(collator).__name__}")
         collator.padding_free = trainer.padding_free = targs.padding_free = True
-        lengths, _ = row_lengths(ds, getattr(targs, "max_length", None))
-        order = random.Random(targs.seed).sample(range(len(lengths)), len(lengths))
-        info["padding_random"] = round(padding_fraction(lengths, order, batch), 4)
+        info["padding_random"] = _random_padding(*row_lengths(ds, getattr(targs, "max_length", None)), targs.seed, batch)
         _say(stage, f"padding-free batches: each batch of {batch} rows is one row of its sequences with their own "
                     f"position_ids (no padding; random batches would pad {100 * info['padding_random']:.0f} % of positions)")
         return info
@@ -247,8 +251,7 @@ def install(trainer, targs, rows_before: int | None = None, stage: str = "", pac
     # per step as one process with the same global batch)
     group = batch * max(1, getattr(targs, "world_size", 1) or 1)
     sampler = LengthGroupedSampler(lengths, group, targs.seed)
-    random_order = random.Random(targs.seed).sample(range(len(lengths)), len(lengths))
-    info["padding_random"] = round(padding_fraction(lengths, random_order, batch, real), 4)
+    info["padding_random"] = _random_padding(lengths, real, targs.seed, batch)
     info["padding_grouped"] = round(padding_fraction(lengths, list(iter(sampler)), batch, real), 4)  # per-device batches
 
     def train_sampler(dataset=None):
@@ -278,9 +281,8 @@ def _padding_free_dpo(trainer, targs, ds, stage: str) -> dict[str, Any]:
         raise ValueError("padding_free DPO needs TRL's fused LM-head forward (trl 1.16's DPOTrainer); "
                          "set padding_free: false")
     targs.padding_free = True
-    lengths, real = row_lengths(ds, getattr(targs, "max_length", None))
-    order = random.Random(targs.seed).sample(range(len(lengths)), len(lengths))
-    padding = round(padding_fraction(lengths, order, targs.per_device_train_batch_size, real), 4)
+    padding = _random_padding(*row_lengths(ds, getattr(targs, "max_length", None)), targs.seed,
+                              targs.per_device_train_batch_size)
     _say(stage, f"padding-free batches: the {2 * targs.per_device_train_batch_size} sequences of each batch (chosen and "
                 f"rejected) go through the policy and the reference as one row with their own position_ids (no padding; "
                 f"padded, the batches would be {100 * padding:.0f} % padding)")
