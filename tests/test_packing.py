@@ -13,6 +13,7 @@ sequences' own losses:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import signal
@@ -34,6 +35,24 @@ def tiny_llama(attn: str):
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(cfg, attn_implementation=attn, dtype=torch.float32)
     return model.eval()
+
+
+@contextlib.contextmanager
+def sdpa_lengths(monkeypatch):
+    """The query length of every torch SDPA call made inside the block (the forward only: the
+    spy is removed before the caller's backward)."""
+    seen: list[int] = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, *a, **k):
+        seen.append(q.shape[-2])
+        return real(q, *a, **k)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    try:
+        yield seen
+    finally:
+        monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", real)
 
 
 def sequences(lengths=LENGTHS) -> list[list[int]]:
@@ -132,16 +151,8 @@ def test_per_sequence_attention_runs_each_sequence_alone_with_the_same_gradients
         model = tiny_llama("sdpa").train()
         if attn == "per_sequence":
             assert varlen.use(model) == "sdpa" and model.config._attn_implementation == varlen.ATTENTION
-        lengths = []
-        real = torch.nn.functional.scaled_dot_product_attention
-
-        def spy(q, *a, _seen=lengths, _real=real, **k):
-            _seen.append(q.shape[-2])
-            return _real(q, *a, **k)
-
-        monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
-        loss = model(**batch, use_cache=False).loss
-        monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", real)
+        with sdpa_lengths(monkeypatch) as lengths:
+            loss = model(**batch, use_cache=False).loss
         loss.backward()
         losses[attn], grads[attn] = loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
         layers = model.config.num_hidden_layers
@@ -429,17 +440,9 @@ def test_padding_free_dpo_equals_padded_dpo(base_model, tmp_path, monkeypatch, p
         batch = next(iter(trainer.get_train_dataloader()))
         lengths = batch["attention_mask"].sum(1).tolist()
         assert len(set(lengths)) > 1  # the padded batch really is padded
-        seen = []
-        real = torch.nn.functional.scaled_dot_product_attention
-
-        def spy(q, *a, _seen=seen, _real=real, **k):
-            _seen.append(q.shape[-2])
-            return _real(q, *a, **k)
-
-        monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
         trainer.model.train()
-        loss = trainer.compute_loss(trainer.model, dict(batch))
-        monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", real)
+        with sdpa_lengths(monkeypatch) as seen:
+            loss = trainer.compute_loss(trainer.model, dict(batch))
         loss.backward()
         layers = model.config.num_hidden_layers
         width = batch["input_ids"].shape[1]
