@@ -227,6 +227,11 @@ def install_probes(rec: dict) -> None:
             rec["rss_max_sampled"] = rec["rss_train_start"] or 0
             rec["t_train_begin"] = time.perf_counter()
             rec["in_train"] = True
+            if rec.get("profile"):  # steps 2..N (step 1 is the warm-up), as the measured time
+                from torch.profiler import ProfilerActivity, profile, schedule
+
+                rec["_profiler"] = profile(activities=[ProfilerActivity.CPU], schedule=schedule(wait=1, warmup=0, active=10**6))
+                rec["_profiler"].start()
 
         def on_step_end(self, args, state, control, **kw):
             metrics = getattr(rec.get("_trainer"), "_metrics", None)
@@ -234,6 +239,10 @@ def install_probes(rec: dict) -> None:
                 rec["last_reward"] = float(metrics["train"]["reward"][-1])
             rec["steps"].append((time.perf_counter(), rec["tokens"], rec["padded_tokens"], rec["eval_s"], time.process_time()))
             rec["rss_max_sampled"] = max(rec["rss_max_sampled"], _proc_status("VmRSS") or 0)
+            if rec.get("_profiler") is not None:
+                rec["_profiler"].step()
+                if state.global_step >= (state.max_steps or 0) > 0:  # the measured steps only, not the evaluation after them
+                    self._stop_profiler()
 
         def on_evaluate(self, args, state, control, metrics=None, **kw):
             if metrics and "eval_loss" in metrics and state.global_step >= (state.max_steps or 0) > 0:
@@ -245,6 +254,13 @@ def install_probes(rec: dict) -> None:
             rec["in_train"] = False
             rec["rss_train_peak"] = _proc_status("VmHWM") if rec.get("hwm_reset") else rec["rss_max_sampled"]
             rec["global_step"] = state.global_step
+            self._stop_profiler()
+
+        @staticmethod
+        def _stop_profiler():
+            if rec.get("_profiler") is not None:
+                rec["_profiler"].stop()
+                rec["profile"] = step_profile(rec.pop("_profiler"), len(rec["steps"]) - 1)
 
     init = transformers.Trainer.__init__
     evaluate = transformers.Trainer.evaluate
@@ -291,11 +307,56 @@ def install_probes(rec: dict) -> None:
     transformers.Trainer.evaluate = timed_evaluate
 
 
+MATMUL = {"aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm", "aten::addbmm", "aten::_addmm_activation"}
+
+
+def step_profile(prof, steps: int) -> dict:
+    """Milliseconds per measured step by kind of work, from torch.profiler's CPU events (self time,
+    so nothing is counted twice): matrix products, attention kernels (forward and backward), the
+    optimizer (its record_function scope, children included), the other tensor operations, and the
+    time inside a step spent outside any operation (Python: modules, hooks, collation, the trainer)."""
+    kinds = dict.fromkeys(("matmul", "attention", "optimizer", "other_ops", "outside_ops"), 0.0)
+    others = {}
+    for e in prof.key_averages():
+        us = e.self_cpu_time_total
+        if e.key.startswith("ProfilerStep"):
+            kinds["outside_ops"] += us
+        elif e.key in MATMUL:
+            kinds["matmul"] += us
+        elif "scaled_dot_product" in e.key or "flash_attention" in e.key:
+            kinds["attention"] += us
+        elif e.key.startswith("Optimizer."):
+            kinds["optimizer"] += e.cpu_time_total
+            kinds["other_ops"] += us - e.cpu_time_total  # its children's self time is in other_ops: move it over
+        else:
+            kinds["other_ops"] += us
+            others[e.key] = us
+    out = {k: round(v / 1000 / max(steps, 1), 2) for k, v in kinds.items()}
+    out["steps"] = steps
+    out["top_other_ops"] = {k: round(v / 1000 / max(steps, 1), 2) for k, v in sorted(others.items(), key=lambda kv: -kv[1])[:12]}
+    out["total"] = round(sum(out[k] for k in kinds), 2)
+    return out
+
+
+FIXED = ("optimizer", "outside_ops")  # per step, whatever the batch's positions
+
+
+def profile_ceiling(trl: dict, lk: dict) -> float | None:
+    """The speed-up over TRL if llmkit's step cost TRL's step with every operation's time scaled by
+    llmkit's share of TRL's positions and the optimizer and the time outside operations unchanged:
+    what removing the padding can give at TRL's cost per position and per step."""
+    if not trl.get("total") or not trl.get("positions_per_step"):
+        return None
+    share = lk["positions_per_step"] / trl["positions_per_step"]
+    fixed = sum(trl[k] for k in FIXED)
+    return round(trl["total"] / (fixed + (trl["total"] - fixed) * share), 3)
+
+
 def summarize(rec: dict) -> dict:
     steps = rec["steps"]
     out = {k: rec.get(k) for k in ("side", "task", "trainer", "args", "callbacks", "trainable_parameters", "global_step",
                                     "last_loss", "last_reward", "evals_in_loop", "hwm_reset", "exit", "torch_threads",
-                                    "heldout_loss", "variant", "batching")}
+                                    "heldout_loss", "variant", "batching", "profile")}
     mib = 1024 * 1024
     out["peak_train_mib"] = round(rec["rss_train_peak"] / mib, 1) if rec.get("rss_train_peak") else None
     out["rss_train_start_mib"] = round(rec["rss_train_start"] / mib, 1) if rec.get("rss_train_start") else None
@@ -331,7 +392,7 @@ def child(spec_json: str) -> int:
     spec = json.loads(spec_json)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     rec = {"side": spec["side"], "task": spec["task"], "variant": spec.get("variant"), "steps": [], "tokens": 0,
-           "padded_tokens": 0, "eval_s": 0.0, "evals_in_loop": 0, "in_train": False}
+           "padded_tokens": 0, "eval_s": 0.0, "evals_in_loop": 0, "in_train": False, "profile": bool(spec.get("profile"))}
     t0 = time.perf_counter()
     install_probes(rec)
     import torch
@@ -411,8 +472,8 @@ def variants(task: str, levers: list[str]) -> list[tuple[str, list[str]]]:
 # --------------------------------------------------------------------------- parent
 
 def run_side(side: str, task: str, model: Path, steps: int, log_dir: Path, threads: int | None = None,
-             llmkit_extra: list[str] | None = None) -> dict:
-    slug = side.replace(" ", "-").replace("=", "-")
+             llmkit_extra: list[str] | None = None, profile: bool = False) -> dict:
+    slug = side.replace(" ", "-").replace("=", "-") + ("-profiled" if profile else "")
     out = WORK / "runs" / f"{task}-{slug}"
     for p in (out, Path(f"{out}.partial")):  # never resume an earlier run's checkpoint
         shutil.rmtree(p, ignore_errors=True)
@@ -426,6 +487,7 @@ def run_side(side: str, task: str, model: Path, steps: int, log_dir: Path, threa
         spec = {"side": side, "variant": side, "task": task, "script": str(script), "argv": trl_argv(task, model, out, steps)}
     spec["result"] = str(result)
     spec["threads"] = threads
+    spec["profile"] = profile
     threads_env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {}
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep), **threads_env}
@@ -588,6 +650,25 @@ def markdown(res: dict) -> str:
         for name, x in c["sides"].items():
             lines.append(f"| {c['task']} | {name} | {_f(x['total_s'])} | {_f(x['outside_loop_s'])} | {_f(x['loop_tail_s'])} "
                          f"({_f(x['eval_at_end_s'])}) | {_f(x['eval_in_loop_s'], 1)} | {_f(x['peak_process_mib'], 0)} |")
+    if any(c.get("profile") for c in res["tasks"]):
+        lines += ["", "Where a measured step's time goes (one more run per side under torch.profiler, CPU self time in ms per "
+                  "step; the profiler's own cost per operation inflates every column a little). Ratios: TRL / llmkit. "
+                  "Ceiling: TRL's step with every operation scaled by llmkit's share of TRL's positions and the optimizer and "
+                  "the time outside operations unchanged, i.e. the speed-up that removing the padding can give here.", "",
+                  "| task | side | positions/step | ms/step | matmul | attention | other ops | optimizer | outside ops (Python) | ceiling |",
+                  "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
+        for c in res["tasks"]:
+            pr = c.get("profile")
+            if not pr:
+                continue
+            kinds = ("total", "matmul", "attention", "other_ops", "optimizer", "outside_ops")
+            for name in ("trl", "llmkit"):
+                x = pr[name]
+                lines.append(f"| {c['task']} | {name} | {_f(x['positions_per_step'], 0)} | "
+                             + " | ".join(_f(x[k], 1) for k in kinds) + " | |")
+            t, lk = pr["trl"], pr["llmkit"]
+            lines.append(f"| {c['task']} | TRL / llmkit | {_f(_ratio(t['positions_per_step'], lk['positions_per_step']), 2)} | "
+                         + " | ".join(_f(_ratio(t[k], lk[k]), 2) for k in kinds) + f" | **{_f(pr['ceiling'], 2)}** |")
     slower = [f"{c['task']} ({r['side']})" for c in res["tasks"] for r in c["rows"][:1] if r["speed"] == "slower"]
     lines += ["", f"ratio > 1: llmkit faster than the plain TRL script; 'vs llmkit default': the lever row's tokens/s over "
               f"llmkit's default row; 'per CPU-second': the same ratios of tokens per second of the process's CPU time over "
@@ -677,6 +758,10 @@ def _args() -> argparse.Namespace:
     ap.add_argument("--threads", type=int, help="torch threads in every run (default: torch's own, one per core)")
     ap.add_argument("--llmkit-extra", default="", help="extra llmkit overrides for diagnosis, e.g. '--eval_split_size 0' "
                     "(recorded in the results; the default measures llmkit as users run it)")
+    ap.add_argument("--profile", action="store_true",
+                    help="per task (not grpo) one more run of llmkit's defaults and of the script under torch.profiler: "
+                         "where a step's time goes (matrix products, attention, optimizer, other operations, Python) and "
+                         "the ceiling that leaves for removing padding (not counted in the medians)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args()
     a.tasks = [t.strip() for t in a.only.split(",") if t.strip()]
@@ -718,6 +803,15 @@ def main() -> int:
                       f"{row.get('padding_fraction')}, peak {row.get('peak_train_mib')} MiB, loss {row.get('last_loss')}, "
                       f"held-out {row.get('heldout_loss')}, total {row.get('total_s')} s", flush=True)
         c = compare(task, runs, a.noise_band, a.loss_tolerance)
+        if a.profile and task != "grpo":
+            c["profile"] = {}
+            for name in ("trl", "llmkit"):
+                print(f"[{task}] {name} profiled run ...", flush=True)
+                row = run_side(name, task, model, a.steps, log_dir, a.threads, [] if name == "trl" else a.llmkit_extra.split(),
+                               profile=True)
+                c["profile"][name] = {**row["profile"], "positions_per_step": round(row["padded_tokens"] / row["measured_steps"], 1),
+                                      "tokens_per_step": row["tokens_per_step"]}
+            c["profile"]["ceiling"] = profile_ceiling(c["profile"]["trl"], c["profile"]["llmkit"])
         res["tasks"].append(c)
         for row in c["rows"]:
             print(f"[{task}] {row['side']} / TRL: tokens/s x{row['tokens_per_s_ratio']} ({row['speed']}), vs llmkit default "

@@ -54,9 +54,13 @@ def attention(module, query, key, value, attention_mask, dropout: float = 0.0, s
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     rest = {k: v for k, v in kwargs.items() if k not in ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k",
                                                           "position_ids", "is_causal")}
-    outs = [sdpa_attention_forward(module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], None, dropout=dropout,
-                                   scaling=scaling, is_causal=True, **rest)[0]
-            for a, b in zip(bounds, bounds[1:]) if b > a]
+    # split, not one slice per sequence: the backward of a slice writes its gradient into a zero
+    # tensor of the whole row and autograd sums one such tensor per sequence; split's backward
+    # joins the pieces once
+    lengths = [b - a for a, b in zip(bounds, bounds[1:])]
+    pieces = zip(query.split(lengths, dim=2), key.split(lengths, dim=2), value.split(lengths, dim=2))
+    outs = [sdpa_attention_forward(module, q, k, v, None, dropout=dropout, scaling=scaling, is_causal=True, **rest)[0]
+            for (q, k, v), n in zip(pieces, lengths) if n]
     return torch.cat(outs, dim=1), None
 
 

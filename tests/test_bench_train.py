@@ -71,3 +71,34 @@ def test_llmkit_trains_on_the_whole_data_file_and_holds_out_another():
         held_rows = [json.loads(line) for line in open(held, encoding="utf-8")]
         assert held_rows and not {json.dumps(r, ensure_ascii=False, sort_keys=True) for r in held_rows} & {
             json.dumps(json.loads(t), ensure_ascii=False, sort_keys=True) for t in train_rows if t}, task
+
+
+def test_step_profile_attributes_matmul_attention_and_optimizer_and_the_ceiling():
+    """A real torch.profiler run over three "steps" of known work: the matrix products, the
+    attention kernel and the optimizer land in their own columns (self time, nothing counted
+    twice: the columns add up to the total); and the ceiling is TRL's step with the operations
+    scaled by the position share and the fixed part kept."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    b = bench()
+    w = torch.nn.Parameter(torch.randn(256, 256))
+    opt = torch.optim.AdamW([w])
+    q = torch.randn(1, 4, 128, 64)
+    prof = profile(activities=[ProfilerActivity.CPU], schedule=schedule(wait=1, warmup=0, active=10**6))
+    prof.start()
+    for _ in range(4):  # the first is the warm-up, not recorded
+        x = torch.randn(512, 256)
+        loss = (x @ w).relu().sum() + torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True).sum()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        prof.step()
+    prof.stop()
+    p = b.step_profile(prof, 3)
+    assert p["steps"] == 3 and all(p[k] > 0 for k in ("matmul", "attention", "optimizer", "other_ops", "outside_ops"))
+    assert abs(sum(p[k] for k in ("matmul", "attention", "optimizer", "other_ops", "outside_ops")) - p["total"]) < 0.05
+    assert not any("mm" in k or "scaled_dot" in k for k in p["top_other_ops"])  # attributed, not left in "other"
+    trl = {"total": 100.0, "optimizer": 5.0, "outside_ops": 15.0, "positions_per_step": 1000}
+    assert b.profile_ceiling(trl, {"positions_per_step": 500}) == round(100 / (20 + 80 * 0.5), 3)
+    assert b.profile_ceiling(trl, {"positions_per_step": 1000}) == 1.0
