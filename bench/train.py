@@ -655,7 +655,8 @@ def markdown(res: dict) -> str:
                   "step; the profiler's own cost per operation inflates every column a little). Ratios: TRL / llmkit. "
                   "Ceiling: TRL's step with every operation scaled by llmkit's share of TRL's positions and the optimizer and "
                   "the time outside operations unchanged, i.e. the speed-up that removing the padding can give here.", "",
-                  "| task | side | positions/step | ms/step | matmul | attention | other ops | optimizer | outside ops (Python) | ceiling |",
+                  "| task | side | positions/step | ms/step | matmul | attention | other ops | optimizer "
+                  "| outside ops (Python) | ceiling |",
                   "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
         for c in res["tasks"]:
             pr = c.get("profile")

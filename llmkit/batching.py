@@ -6,11 +6,12 @@ How each method keeps sequences apart, and what it changes:
       The rows of a batch are the rows random batches have (same sampler, rows per step, steps
       per epoch, truncation at max_length); TRL's own padding-free collation puts them in one
       row with per-sequence position_ids (and cu_seq_lens) and no padding. FlashAttention's
-      varlen kernel keeps the sequences apart on a GPU; with SDPA or eager attention
-      transformers 5.19 builds a block-diagonal causal mask from the position_ids
-      (masking_utils.find_packed_sequence_indices; only without a KV cache, and TRL's
-      compute_loss turns the cache off), which is correct but dense: on a CPU the flattened row
-      costs attention over its whole length. The step's loss is the padded batch's (TRL's mean
+      varlen kernel keeps the sequences apart on a GPU; with SDPA llmkit runs the attention of
+      each sequence on its own (`packed_attention: auto`, llmkit/varlen.py). With eager
+      attention, or `packed_attention: mask`, transformers 5.19 builds a block-diagonal causal
+      mask from the position_ids (masking_utils.find_packed_sequence_indices; only without a KV
+      cache, and TRL's compute_loss turns the cache off), which is correct but dense: the
+      flattened row then costs attention over its whole length. The step's loss is the padded batch's (TRL's mean
       over the batch's loss tokens; tests/test_packing.py: equal to 1e-5), so training follows
       the padded run (tiny-es held-out loss at steps 50 and 100: equal to 4 decimals).
       TRL 1.16 refuses padding_free without packing when max_length is set, although it then
@@ -66,8 +67,8 @@ def defaults(stage: str, explicit: dict[str, Any]) -> dict[str, Any]:
     """llmkit's batching defaults for ``stage`` ("sft" or "dpo"); the recipe's keys win.
 
     SFT: padding-free batches on every device and attention implementation (FlashAttention
-    varlen on a GPU, the block-diagonal mask with SDPA/eager; see the module doc for why not
-    length grouping or packing). DPO: padding-free batches too (TRL 1.16 turned its own off; llmkit runs
+    varlen on a GPU, attention per sequence with SDPA, the block-diagonal mask with eager; see
+    the module doc for why not length grouping or packing). DPO: padding-free batches too (TRL 1.16 turned its own off; llmkit runs
     the policy's and the reference's forward padding-free, see the module doc). A recipe that sets
     packing, padding_free or train_sampling_strategy itself gets exactly what it set."""
     if not DEFAULT_ON or any(k in explicit for k in ("packing", "padding_free", "train_sampling_strategy")):

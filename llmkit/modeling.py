@@ -199,9 +199,12 @@ def default_attention() -> str:
     return "flash_attention_2" if importlib.util.find_spec("flash_attn") is not None else "sdpa"
 
 
-def planned_attention() -> str:
-    """The attention implementation a model gets when the recipe names none: default_attention()
-    on a GPU, transformers' default (SDPA) otherwise."""
+def planned_attention(requested: str | None = None) -> str:
+    """The attention implementation a model is loaded with: the recipe's ``attn_implementation``
+    when it names one, else default_attention() on a GPU and transformers' default (SDPA)
+    otherwise. The one rule model_init_kwargs, the run layout and the stage checks follow."""
+    if requested:
+        return requested
     import torch
 
     return default_attention() if torch.cuda.is_available() else "sdpa"
@@ -227,10 +230,8 @@ def model_init_kwargs(model_args, trust_remote_code: bool = False) -> dict[str, 
     from trl import get_quantization_config
 
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
-    if model_args.attn_implementation:
-        kwargs["attn_implementation"] = model_args.attn_implementation
-    elif torch.cuda.is_available():
-        kwargs["attn_implementation"] = default_attention()
+    if model_args.attn_implementation or torch.cuda.is_available():  # on a CPU without one: transformers' own default
+        kwargs["attn_implementation"] = planned_attention(model_args.attn_implementation)
     dtype = model_args.dtype
     if dtype not in (None, "auto"):
         kwargs["dtype"] = getattr(torch, dtype)

@@ -329,6 +329,32 @@ def test_default_attention_on_gpu(monkeypatch):
     assert modeling.default_attention() == "sdpa"
 
 
+def test_one_attention_rule_for_loading_the_layout_and_the_checks(monkeypatch):
+    """The recipe's attn_implementation wins everywhere; without one a GPU gets default_attention()
+    and a CPU transformers' default (no kwarg: SDPA), and the layout says which it was."""
+    import torch
+    from trl import ModelConfig
+
+    from llmkit import modeling
+    from llmkit.config import StageConfig
+    from llmkit.stages import devices
+
+    monkeypatch.setattr(devices, "has_cuda", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for requested, planned, kwarg in (("eager", "eager", "eager"), (None, "sdpa", None)):
+        margs = ModelConfig(model_name_or_path="m", attn_implementation=requested)
+        assert modeling.planned_attention(requested) == planned
+        assert modeling.model_init_kwargs(margs).get("attn_implementation") == kwarg
+        layout = devices.run_layout(StageConfig(args=[margs], explicit={}, source="test"))
+        assert layout["attn_implementation"] == (planned if requested else "sdpa (transformers' default)")
+    monkeypatch.setattr(devices, "has_cuda", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(modeling, "default_attention", lambda: "flash_attention_2")
+    margs = ModelConfig(model_name_or_path="m", dtype="float32")
+    assert modeling.model_init_kwargs(margs)["attn_implementation"] == "flash_attention_2"
+    assert devices.run_layout(StageConfig(args=[margs], explicit={}, source="test"))["attn_implementation"] == "flash_attention_2"
+
+
 def test_explicit_bf16_on_a_gpu_without_it_is_one_clear_error(monkeypatch, tmp_path):
     """A recipe's `bf16: true` on a T4/V100 (faked) is refused before anything is written."""
     import torch

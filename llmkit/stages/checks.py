@@ -227,7 +227,7 @@ def check_packed_attention(choice: str, margs, cfg: StageConfig) -> None:
     from llmkit import batching, modeling
 
     try:
-        batching.resolve_packed_attention(choice, margs.attn_implementation or modeling.planned_attention())
+        batching.resolve_packed_attention(choice, modeling.planned_attention(margs.attn_implementation))
     except ValueError as exc:
         raise LlmkitError(f"{cfg.source}: {exc}") from None
 

@@ -98,9 +98,10 @@ def run_layout(cfg: StageConfig) -> dict[str, Any]:
 
         layout.update(batching.describe(targs))  # SFT/DPO: length-grouped or packed batches, compile
     if margs is not None:
-        from llmkit.modeling import default_attention
+        from llmkit.modeling import planned_attention
 
-        layout["attn_implementation"] = margs.attn_implementation or (default_attention() if has_cuda() else "sdpa (transformers' default)")
+        chosen = bool(margs.attn_implementation) or has_cuda()
+        layout["attn_implementation"] = planned_attention(margs.attn_implementation) + ("" if chosen else " (transformers' default)")
         extra = next((x for x in cfg.args if hasattr(x, "packed_attention")), None)
         if extra is not None and str(layout.get("batches", "")).startswith("padding-free"):
             from llmkit.batching import resolve_packed_attention
