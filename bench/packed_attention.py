@@ -2,7 +2,8 @@
 
     OMP_NUM_THREADS=1 python bench/packed_attention.py [--batches 40] [--sequences 8] [--seed 1]
 
-One process, the bench model of bench/train.py (built there first, .cache/bench/train/), two copies
+One process, the bench model of bench/train.py (its build_model(): built once, cached in
+.cache/bench/train/), two copies
 of the same weights: one with transformers' SDPA (the row's sequences kept apart by the dense mask
 transformers builds from the position_ids, `packed_attention: mask`), one with llmkit's
 per-sequence SDPA (`packed_attention: auto`). Each batch is one row of --sequences random lengths
@@ -21,7 +22,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-MODEL = REPO / ".cache" / "bench" / "train" / "model-h256-l4"
 
 
 def main() -> int:
@@ -30,18 +30,18 @@ def main() -> int:
     ap.add_argument("--sequences", type=int, default=8)
     ap.add_argument("--seed", type=int, default=1)
     a = ap.parse_args()
-    if not (MODEL / "config.json").is_file():
-        sys.exit(f"bench/packed_attention.py: no bench model in {MODEL}: run `python bench/train.py --only sft_full --steps 2 "
-                 "--repeats 1` once to build it")
+    sys.path[:0] = [str(REPO / "bench"), str(REPO)]
     import torch
+    from train import build_model
     from transformers import AutoModelForCausalLM
 
-    sys.path.insert(0, str(REPO))
     from llmkit import varlen
+
+    model_dir = build_model()
 
     torch.manual_seed(a.seed)
     rng = random.Random(a.seed)
-    dense = AutoModelForCausalLM.from_pretrained(MODEL, dtype=torch.float32)
+    dense = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     per = copy.deepcopy(dense)
     varlen.use(per)
     models = {"mask": dense, "per_sequence": per}

@@ -227,7 +227,7 @@ def install_probes(rec: dict) -> None:
             rec["rss_max_sampled"] = rec["rss_train_start"] or 0
             rec["t_train_begin"] = time.perf_counter()
             rec["in_train"] = True
-            if rec.get("profile"):  # steps 2..N (step 1 is the warm-up), as the measured time
+            if rec["profiling"]:  # steps 2..N (step 1 is the warm-up), as the measured time
                 from torch.profiler import ProfilerActivity, profile, schedule
 
                 rec["_profiler"] = profile(activities=[ProfilerActivity.CPU], schedule=schedule(wait=1, warmup=0, active=10**6))
@@ -392,7 +392,7 @@ def child(spec_json: str) -> int:
     spec = json.loads(spec_json)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     rec = {"side": spec["side"], "task": spec["task"], "variant": spec.get("variant"), "steps": [], "tokens": 0,
-           "padded_tokens": 0, "eval_s": 0.0, "evals_in_loop": 0, "in_train": False, "profile": bool(spec.get("profile"))}
+           "padded_tokens": 0, "eval_s": 0.0, "evals_in_loop": 0, "in_train": False, "profiling": bool(spec.get("profile"))}
     t0 = time.perf_counter()
     install_probes(rec)
     import torch
